@@ -1,0 +1,142 @@
+"""tf.data input pipelines over TFRecord shards, aware of tf.distribute input contexts.
+
+Training: file-level sharding per input pipeline (worker), parallel interleave, optional cache,
+seeded shuffle, an exact number of batches per epoch, decode-and-crop + flip + resize +
+normalize, batch with drop_remainder, prefetch. One dataset spans every remaining epoch so a
+cache survives epoch boundaries and a resume can start mid-epoch (`skip_steps`).
+
+Evaluation: the same shards read in order, `preprocess.eval_input` (center crop, no randomness),
+partial last batch kept.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from toolkit.config import DataConfig
+from toolkit.data import augment, preprocess, schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+READ_BUFFER_BYTES = 8 << 20
+MAX_EPOCHS = 1 << 20  # "until the loop stops"; the loop knows the real count
+
+
+def _pipeline_position(input_context: Optional[tf.distribute.InputContext]):
+    if input_context is None:
+        return 1, 0, 1
+    return (
+        input_context.num_input_pipelines,
+        input_context.input_pipeline_id,
+        input_context.num_replicas_in_sync // input_context.num_input_pipelines,
+    )
+
+
+def _per_replica_batch(config: DataConfig, input_context) -> int:
+    if input_context is None:
+        return config.batch_size
+    return input_context.get_per_replica_batch_size(config.batch_size)
+
+
+def _shard_files(files: Sequence[str], num_pipelines: int, pipeline_id: int) -> list:
+    files = sorted(files)
+    if num_pipelines > 1:
+        if len(files) < num_pipelines:
+            raise ValueError(
+                f"--data_dir: {len(files)} shard file(s) cannot be split across {num_pipelines} "
+                "workers; convert with more, smaller shards"
+            )
+        files = files[pipeline_id::num_pipelines]
+    return files
+
+
+def _read_records(files, config: DataConfig, shuffle_seed=None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed)
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=config.deterministic or None,
+    )
+
+
+def _options(config: DataConfig) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = config.deterministic
+    options.experimental_optimization.map_parallelization = True
+    # each pipeline already reads its own files; don't let tf.distribute re-shard by data
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def make_train_dataset(
+    config: DataConfig,
+    files: Sequence[str],
+    steps_per_epoch: int,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    start_epoch: int = 0,
+    skip_steps: int = 0,
+) -> tf.data.Dataset:
+    """Batches of (normalized images, int32 labels) for every epoch from `start_epoch` on.
+
+    Each epoch yields exactly `steps_per_epoch` batches per replica (files of a short shard wrap
+    around), so every worker agrees on when an epoch ends. `skip_steps` drops the first steps of
+    `start_epoch` without decoding them: the exact resume point of a checkpoint.
+    """
+    num_pipelines, pipeline_id, replicas_here = _pipeline_position(input_context)
+    batch = _per_replica_batch(config, input_context)
+    records_per_epoch = steps_per_epoch * batch * replicas_here
+    files = _shard_files(files, num_pipelines, pipeline_id)
+    seed = int(config.seed)
+    image_size = config.image_size
+
+    cached = None
+    if config.cache:
+        cached = _read_records(files, config).cache()
+
+    def epoch_records(epoch):
+        records = cached if cached is not None else _read_records(files, config, shuffle_seed=seed * 7919 + epoch)
+        records = records.shuffle(config.shuffle_buffer, seed=seed * 104729 + epoch, reshuffle_each_iteration=False)
+        records = records.repeat().take(records_per_epoch).enumerate()
+        return records.map(lambda i, r: (epoch, i, r))
+
+    ds = tf.data.Dataset.range(start_epoch, MAX_EPOCHS).flat_map(epoch_records)
+    if skip_steps:
+        ds = ds.skip(skip_steps * batch * replicas_here)
+
+    def parse(epoch, index, record):
+        ex = schema.parse_example(record)
+        element_seed = tf.stack([seed * 1000003 + epoch, index + pipeline_id * (1 << 40)])
+        image = augment.train_image(ex[schema.ENCODED], image_size, element_seed, config.crop_min_scale)
+        label = tf.cast(ex[schema.LABEL] - config.label_offset, tf.int32)
+        return preprocess.normalize(image), label
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or None)
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE).with_options(_options(config))
+
+
+def make_eval_dataset(
+    config: DataConfig,
+    files: Sequence[str],
+    input_context: Optional[tf.distribute.InputContext] = None,
+) -> tf.data.Dataset:
+    """Batches of (normalized images, int32 labels): center crop, fixed order, last batch kept."""
+    num_pipelines, pipeline_id, _ = _pipeline_position(input_context)
+    files = _shard_files(files, num_pipelines, pipeline_id)
+    config_in_order = DataConfig(**{**config.__dict__, "deterministic": True})
+    ds = _read_records(files, config_in_order)
+    image_size = config.image_size
+
+    def parse(record):
+        ex = schema.parse_example(record)
+        label = tf.cast(ex[schema.LABEL] - config.label_offset, tf.int32)
+        return preprocess.eval_input(ex[schema.ENCODED], image_size), label
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(_per_replica_batch(config, input_context))
+    return ds.prefetch(AUTOTUNE).with_options(_options(config_in_order))

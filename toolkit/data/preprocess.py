@@ -1,0 +1,81 @@
+"""THE preprocessing: one set of pure functions shared by training, evaluation, export and inference.
+
+Every path from encoded bytes to model input goes through here:
+  eval / export bytes signature / batch inference:  eval_image(bytes) -> normalize
+  training:                                          augment.train_image(bytes) -> normalize
+(the training crop differs, the decode, resize and normalization are these functions).
+
+Images between steps are float32 HxWx3 in [0, 255]; `normalize` maps them to the model's
+[-1, 1] range. All functions are graph-safe (usable inside tf.data and tf.function) and
+deterministic.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Evaluation keeps the central 87.5% of the shorter side (the classic ImageNet eval crop,
+# 224 out of 256), so that training crops and evaluation views see objects at similar scales.
+CENTER_CROP_FRACTION = 0.875
+RESIZE_METHOD = "bilinear"
+
+
+def normalize(images: tf.Tensor) -> tf.Tensor:
+    """[0, 255] pixels (any real dtype) to float32 in [-1, 1], the ResNetV2 input range."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resize to image_size x image_size, float32 [0, 255] out."""
+    image = tf.image.resize(image, [image_size, image_size], method=RESIZE_METHOD)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def center_crop_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """[offset_y, offset_x, size, size] of the central square evaluation crop."""
+    shorter = tf.minimum(height, width)
+    side = tf.maximum(1, tf.cast(tf.cast(shorter, tf.float32) * CENTER_CROP_FRACTION, tf.int32))
+    return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+    """Decode JPEG/PNG/GIF/BMP bytes to uint8 HxWx3 (first frame of an animation, RGB always)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_crop(encoded: tf.Tensor, window: tf.Tensor | None = None, window_fn=None) -> tf.Tensor:
+    """Decode only the crop window where the format allows it (JPEG), else decode then crop.
+
+    Give either a fixed `window` [y, x, h, w] or `window_fn(height, width) -> window`.
+    """
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        w = window if window is not None else window_fn(shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(encoded, w, channels=3)
+
+    def other():
+        image = decode_rgb(encoded)
+        shape = tf.shape(image)
+        w = window if window is not None else window_fn(shape[0], shape[1])
+        return tf.image.crop_to_bounding_box(image, w[0], w[1], w[2], w[3])
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def eval_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded image bytes -> float32 [0, 255] image_size^2 x 3: center crop, then resize.
+
+    The evaluation view, used by the eval pipeline, the SavedModel's bytes signature and batch
+    inference alike.
+    """
+    return resize(decode_crop(encoded, window_fn=center_crop_window), image_size)
+
+
+def eval_input(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """eval_image, normalized for the model: what the network sees at evaluation."""
+    return normalize(eval_image(encoded, image_size))

@@ -1,0 +1,147 @@
+"""Pre-activation ResNet (ResNetV2, He et al. 2016) built from a stage spec.
+
+Layer for layer the network of `keras.applications.ResNet{50,101,152}V2`, with the same layer
+names, so weights move between the two by name. The model takes images already scaled to
+[-1, 1] (`toolkit.data.preprocess.normalize`) and returns float32 logits: the softmax belongs to
+the loss (from_logits=True) and to the exported serving signature, never to training.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+# blocks per stage; filters per stage are (64, 128, 256, 512) with a 4x bottleneck expansion
+STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+STAGE_FILTERS = (64, 128, 256, 512)
+BN_EPSILON = 1.001e-5
+BACKBONE_OUTPUT = "post_relu"
+
+
+def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
+    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, synchronized=synchronized, name=name)
+
+
+def _bottleneck(x, filters: int, stride: int, projection: bool, name: str, sync_bn: bool):
+    """One pre-activation bottleneck block: BN-ReLU, then 1x1, 3x3 (strided), 1x1 convs."""
+    preact = _batch_norm(f"{name}_preact_bn", sync_bn)(x)
+    preact = layers.Activation("relu", name=f"{name}_preact_relu")(preact)
+
+    if projection:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(preact)
+    elif stride > 1:
+        # identity shortcut of a strided block: subsample the raw input, as Keras does
+        shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(x)
+    else:
+        shortcut = x
+
+    y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_1_conv")(preact)
+    y = _batch_norm(f"{name}_1_bn", sync_bn)(y)
+    y = layers.Activation("relu", name=f"{name}_1_relu")(y)
+    y = layers.ZeroPadding2D(1, name=f"{name}_2_pad")(y)
+    y = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(y)
+    y = _batch_norm(f"{name}_2_bn", sync_bn)(y)
+    y = layers.Activation("relu", name=f"{name}_2_relu")(y)
+    y = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
+    return layers.Add(name=f"{name}_out")([shortcut, y])
+
+
+def _stage(x, filters: int, blocks: int, stride: int, name: str, sync_bn: bool):
+    """A stage: projection shortcut in the first block, the stride on the last one."""
+    for i in range(1, blocks + 1):
+        x = _bottleneck(
+            x,
+            filters,
+            stride=stride if i == blocks else 1,
+            projection=i == 1,
+            name=f"{name}_block{i}",
+            sync_bn=sync_bn,
+        )
+    return x
+
+
+def build_backbone(inputs, depth: int = 50, sync_batchnorm: bool = False):
+    """The ResNetV2 trunk up to the final BN-ReLU (before pooling)."""
+    if depth not in STAGES:
+        raise ValueError(f"depth must be one of {sorted(STAGES)}, got {depth}")
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)  # with bias; no BN/ReLU in a v2 stem
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    last = len(STAGE_FILTERS) - 1
+    for i, (filters, blocks) in enumerate(zip(STAGE_FILTERS, STAGES[depth])):
+        x = _stage(x, filters, blocks, stride=1 if i == last else 2, name=f"conv{i + 2}", sync_bn=sync_batchnorm)
+    x = _batch_norm("post_bn", sync_batchnorm)(x)
+    return layers.Activation("relu", name=BACKBONE_OUTPUT)(x)
+
+
+def build_model(
+    num_classes: int,
+    image_size: int,
+    depth: int = 50,
+    sync_batchnorm: bool = False,
+    freeze_backbone: bool = False,
+    name: str | None = None,
+) -> keras.Model:
+    """ResNetV2 classifier returning float32 logits for [-1, 1]-scaled NHWC images.
+
+    Built under whatever dtype policy is global (mixed_float16 / mixed_bfloat16 included); the
+    head's output is always float32 so the loss and the softmax are computed at full precision.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    features = build_backbone(inputs, depth, sync_batchnorm)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    logits = layers.Dense(num_classes, name="predictions")(x)
+    logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
+    model = keras.Model(inputs, logits, name=name or f"resnet{depth}v2")
+    if freeze_backbone:
+        set_backbone_trainable(model, False)
+    return model
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze or unfreeze everything but the classification head.
+
+    Frozen BatchNormalization layers also run in inference mode (Keras semantics), which is what
+    fine-tuning on a small dataset wants.
+    """
+    for layer in model.layers:
+        if layer.name not in ("predictions", "logits"):
+            layer.trainable = trainable
+
+
+def load_initial_weights(model: keras.Model, path: str) -> int:
+    """Copy weights from a `.keras` or `.weights.h5` file into `model`, layer by layer, by name.
+
+    Layers whose shapes differ (typically the classification head when the class count changes)
+    keep their fresh initialization. Returns the number of layers copied. Raises ValueError naming
+    the file when it cannot be read or nothing in it matches.
+    """
+    if path.endswith(".weights.h5"):
+        source = keras.models.clone_model(model)  # same names; skip_mismatch handles a new head
+        try:
+            source.load_weights(path, skip_mismatch=True)
+        except Exception as e:  # noqa: BLE001 - any load failure is a bad --init_weights
+            raise ValueError(f"--init_weights: cannot load {path}: {e}") from e
+    elif path.endswith(".keras"):
+        try:
+            source = keras.saving.load_model(path, compile=False)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"--init_weights: cannot load {path}: {e}") from e
+    else:
+        raise ValueError(f"--init_weights: {path} must end in .keras or .weights.h5")
+
+    by_name = {layer.name: layer for layer in source.layers}
+    copied = 0
+    for layer in model.layers:
+        src = by_name.get(layer.name)
+        if src is None or not layer.weights:
+            continue
+        src_weights = src.get_weights()
+        if [tuple(w.shape) for w in src_weights] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(src_weights)
+        copied += 1
+    if copied == 0:
+        raise ValueError(f"--init_weights: no layer of {path} matches the model by name and shape")
+    return copied
