@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -140,6 +141,8 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(m.num_classes >= 0, "num_classes", f"must be positive (or 0 to read it from the data), got {m.num_classes}")
     need(0 < d.crop_min_scale <= 1, "crop_min_scale", f"must be in (0, 1], got {d.crop_min_scale}")
     need(t.model_dir != "", "model_dir", "must be set")
+    need(not d.data_dir or os.path.isdir(d.data_dir), "data_dir", f"{d.data_dir} is not a directory")
+    need(not m.init_weights or os.path.isfile(m.init_weights), "init_weights", f"{m.init_weights} does not exist")
     if num_replicas is not None:
         need(
             d.batch_size % num_replicas == 0,

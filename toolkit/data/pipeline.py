@@ -52,16 +52,30 @@ def _shard_files(files: Sequence[str], num_pipelines: int, pipeline_id: int) -> 
 
 
 def _read_records(files, config: DataConfig, shuffle_seed=None) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    files = tf.constant(list(files))
     if shuffle_seed is not None:
-        ds = ds.shuffle(len(files), seed=shuffle_seed)
-    return ds.interleave(
+        files = tf.random.experimental.stateless_shuffle(files, seed=shuffle_seed)
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
         cycle_length=min(len(files), 16),
         block_length=1,
         num_parallel_calls=AUTOTUNE,
         deterministic=config.deterministic or None,
     )
+
+
+def _block_shuffle(records: tf.data.Dataset, block: int, seed) -> tf.data.Dataset:
+    """Shuffle within consecutive blocks of `block` records, with a stateless (tensor) seed.
+
+    tf.data's shuffle takes no tensor seed inside flat_map; stateless blocks make each epoch's
+    order a pure function of (seed, epoch), which is what exact resume needs. With files
+    shuffled per epoch and interleaved, blocks mix as well as a shuffle buffer of the same size.
+    """
+    blocks = records.batch(block).enumerate()
+    shuffled = blocks.map(
+        lambda i, b: tf.random.experimental.stateless_shuffle(b, seed=tf.stack([seed[0], seed[1] * 1000003 + i]))
+    )
+    return shuffled.unbatch()
 
 
 def _options(config: DataConfig) -> tf.data.Options:
@@ -99,8 +113,9 @@ def make_train_dataset(
         cached = _read_records(files, config).cache()
 
     def epoch_records(epoch):
-        records = cached if cached is not None else _read_records(files, config, shuffle_seed=seed * 7919 + epoch)
-        records = records.shuffle(config.shuffle_buffer, seed=seed * 104729 + epoch, reshuffle_each_iteration=False)
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        records = cached if cached is not None else _read_records(files, config, shuffle_seed=epoch_seed)
+        records = _block_shuffle(records, config.shuffle_buffer, epoch_seed)
         records = records.repeat().take(records_per_epoch).enumerate()
         return records.map(lambda i, r: (epoch, i, r))
 

@@ -65,9 +65,9 @@ def _records(count: int, size: int, seed: int, split: str):
 
 def write_demo_dataset(
     out_dir: str,
-    train_count: int = 1600,
+    train_count: int = 1200,
     val_count: int = 400,
-    image_size: int = 64,
+    image_size: int = 40,
     num_shards: int = 4,
     seed: int = 2016,
 ) -> str:

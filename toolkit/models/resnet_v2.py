@@ -118,9 +118,11 @@ def load_initial_weights(model: keras.Model, path: str) -> int:
     the file when it cannot be read or nothing in it matches.
     """
     if path.endswith(".weights.h5"):
-        source = keras.models.clone_model(model)  # same names; skip_mismatch handles a new head
+        # Keras 3 weight files are keyed by layer order, not name: rebuild the network that wrote
+        # the file (same depth, its own head size), load it strictly, then copy by name.
         try:
-            source.load_weights(path, skip_mismatch=True)
+            source = build_model(_head_size_in_weights_file(path), model.input_shape[1], _depth_of(model))
+            source.load_weights(path)
         except Exception as e:  # noqa: BLE001 - any load failure is a bad --init_weights
             raise ValueError(f"--init_weights: cannot load {path}: {e}") from e
     elif path.endswith(".keras"):
@@ -145,3 +147,18 @@ def load_initial_weights(model: keras.Model, path: str) -> int:
     if copied == 0:
         raise ValueError(f"--init_weights: no layer of {path} matches the model by name and shape")
     return copied
+
+
+def _depth_of(model: keras.Model) -> int:
+    blocks = sum(1 for layer in model.layers if layer.name.endswith("_out"))
+    return next(depth for depth, spec in STAGES.items() if sum(spec) == blocks)
+
+
+def _head_size_in_weights_file(path: str) -> int:
+    import h5py  # a Keras dependency
+
+    with h5py.File(path, "r") as f:
+        dense = [name for name in f.get("layers", {}) if name.startswith("dense")]
+        if len(dense) != 1:
+            raise ValueError("not a ResNetV2 weights file (expected one dense layer)")
+        return int(f["layers"][dense[0]]["vars"]["0"].shape[-1])

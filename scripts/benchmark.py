@@ -1,0 +1,203 @@
+"""Benchmarks of the toolkit on this machine, by section, written to one JSON file.
+
+  python scripts/benchmark.py --sections pipeline --data_dir SHARDS --json bench.json [--quick]
+
+Sections live in the SECTIONS registry: a name, a description, a function adding the section's own
+command-line arguments and a function returning a dict of results. To add one (`train`,
+`inference`, ...), write those two functions and call `register(Section(...))`; the JSON file
+gets a top-level key per section run, plus `machine`.
+
+pipeline: images/s of `toolkit.data.pipeline.make_train_dataset` (random-resized crop decoded from
+the shards, flip, resize, normalize, batch) against `keras.utils.image_dataset_from_directory` on
+the photo folder the shards' manifest names as its source (decode, resize, normalize, batch), at
+the same image and batch size, neither cached. Rounds alternate between the two so a neighbour's
+load hits both alike; each round builds a fresh iterator, discards warm-up batches, then counts
+images for a fixed time. The best round of each is reported (and every round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+# scripts/ is not a package: make `toolkit` importable when run from anywhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    name: str
+    description: str
+    run: Callable[[argparse.Namespace], dict]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda group: None
+
+
+SECTIONS: dict = {}
+
+
+def register(section: Section) -> Section:
+    SECTIONS[section.name] = section
+    return section
+
+
+def machine_description() -> dict:
+    """CPU model, core counts and versions: what a reader needs to compare figures."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    import tensorflow as tf
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: int) -> float:
+    """Images/s of a fresh iterator over make_dataset(), after warm-up, over `seconds`."""
+    iterator = iter(make_dataset())
+    for _ in range(warmup_batches):
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        images, _ = next(iterator)
+        count += int(images.shape[0])
+    del iterator
+    return count / elapsed
+
+
+# ----------------------------------------------------------------------------------- pipeline
+
+
+def _pipeline_arguments(group) -> None:
+    group.add_argument("--data_dir", help="shards written by toolkit.data.convert")
+    group.add_argument("--baseline_dir", default="", help="photo folder for the baseline (default: the manifest's train source)")
+    group.add_argument("--image_size", type=int, default=224)
+    group.add_argument("--batch_size", type=int, default=64)
+    group.add_argument("--seconds", type=float, default=10.0, help="measured time per round and pipeline")
+    group.add_argument("--rounds", type=int, default=3)
+    group.add_argument("--warmup_batches", type=int, default=5)
+
+
+def baseline_folder(manifest: dict) -> str:
+    """The photo folder behind the shards' training split, from the manifest."""
+    split_dirs = manifest.get("split_dirs") or {}
+    folder = split_dirs.get("train") or manifest.get("source", "")
+    if not folder or not os.path.isdir(folder):
+        raise SystemExit(f"benchmark: --baseline_dir: the manifest names no readable source folder ({folder!r}); pass --baseline_dir")
+    return folder
+
+
+def run_pipeline(args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from toolkit.config import DataConfig
+    from toolkit.data import pipeline, shards
+
+    if not args.data_dir:
+        raise SystemExit("benchmark: --data_dir: required by the pipeline section")
+    info = shards.read_dataset_info(args.data_dir)
+    files = info.split_files("train")
+    count = info.counts.get("train") or 0
+    config = DataConfig(data_dir=args.data_dir, image_size=args.image_size, batch_size=args.batch_size, cache=False)
+    steps = max(1, count // args.batch_size) if count else 100
+    folder = args.baseline_dir or baseline_folder(info.manifest)
+    size = args.image_size
+
+    def toolkit_dataset():
+        return pipeline.make_train_dataset(config, files, steps_per_epoch=steps)
+
+    def baseline_dataset():
+        ds = keras.utils.image_dataset_from_directory(
+            folder, image_size=(size, size), batch_size=args.batch_size, shuffle=True, seed=0, verbose=False
+        )
+        ds = ds.map(lambda x, y: (x / 127.5 - 1.0, y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.repeat().prefetch(tf.data.AUTOTUNE)
+
+    rounds = {"toolkit": [], "baseline": []}
+    for _ in range(args.rounds):
+        rounds["toolkit"].append(images_per_second(toolkit_dataset, args.seconds, args.warmup_batches))
+        rounds["baseline"].append(images_per_second(baseline_dataset, args.seconds, args.warmup_batches))
+    toolkit, baseline = max(rounds["toolkit"]), max(rounds["baseline"])
+    return {
+        "toolkit_images_per_sec": round(toolkit, 1),
+        "baseline_images_per_sec": round(baseline, 1),
+        "ratio": round(toolkit / baseline, 2),
+        "rounds_images_per_sec": {k: [round(v, 1) for v in vs] for k, vs in rounds.items()},
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "seconds_per_round": args.seconds,
+        "data_dir": os.path.abspath(args.data_dir),
+        "train_records": count,
+        "stored_max_side": (info.manifest.get("options") or {}).get("max_side"),
+        "baseline_dir": os.path.abspath(folder),
+        "baseline": "keras.utils.image_dataset_from_directory, /127.5-1, repeat, prefetch; no cache",
+        "toolkit": "pipeline.make_train_dataset (decode_and_crop_jpeg, flip, resize, normalize); no cache",
+    }
+
+
+register(Section("pipeline", "input pipeline images/s: toolkit shards vs image_dataset_from_directory", run_pipeline, _pipeline_arguments))
+
+QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from: {', '.join(SECTIONS)}")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="a few seconds per section: a smoke test, not a measurement")
+    for section in SECTIONS.values():
+        section.add_arguments(parser.add_argument_group(f"{section.name}: {section.description}"))
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.quick:
+        for key, value in QUICK.items():
+            if hasattr(args, key):
+                setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    results = {"machine": machine_description(), "quick": args.quick}
+    for name in args.sections:
+        results[name] = SECTIONS[name].run(args)
+        figures = {k: v for k, v in results[name].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    if args.json:
+        directory = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{args.json}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.json)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The custom loop on one replica: every precision with and without XLA trains; the schedule; NaN stop."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from toolkit import loop
+from toolkit.config import TrainConfig
+from toolkit.models import resnet_v2
+
+
+def _fixed_batch(n=8, size=32, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.uniform(-1, 1, (n, size, size, 3)).astype("float32")
+    images[..., 0] += labels[:, None, None] * 0.5  # learnable signal
+    return tf.constant(images), tf.constant(labels, tf.int32)
+
+
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_trains_with_finite_falling_loss(precision, xla):
+    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1, weight_decay=0)
+        with strategy.scope():
+            model = resnet_v2.build_model(4, 32)
+            optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision=precision)
+            loop.build_optimizer_state(optimizer, model)
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "fp16")
+        trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4, xla=xla)
+        batch = _fixed_batch()
+        losses = [float(trainer.train_step(batch)) for _ in range(6)]
+        assert all(np.isfinite(losses)), losses
+        assert losses[-1] < losses[0] * 0.8, losses
+        assert model.get_layer("conv1_conv").compute_dtype == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+        if precision == "fp16":
+            assert float(optimizer.dynamic_scale.numpy()) > 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_warmup_then_cosine_schedule():
+    s = loop.WarmupCosine(0.4, warmup_steps=10, total_steps=110)
+    assert float(s(0)) == pytest.approx(0.04)
+    assert float(s(9)) == pytest.approx(0.4)
+    assert float(s(10)) == pytest.approx(0.4)
+    assert float(s(60)) == pytest.approx(0.2, rel=1e-5)  # half way through the cosine
+    assert float(s(110)) == pytest.approx(0.0, abs=1e-7)
+    values = [float(s(i)) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_weight_decay_spares_batchnorm_and_biases():
+    model = resnet_v2.build_model(4, 32)
+    decayed = {v.path for v in loop.decayed_variables(model)}
+    assert "conv1_conv/kernel" in decayed and "predictions/kernel" in decayed
+    assert not any(p.endswith(("gamma", "beta", "bias")) for p in decayed)
+
+
+def test_evaluation_counts_top1_and_top5_exactly():
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))  # logits = inputs
+    logits = np.array([
+        [9, 1, 2, 3, 4, 5],  # label 0: top-1 right
+        [1, 9, 8, 7, 6, 5],  # label 5: only 6th best -> wrong in top-5
+        [1, 2, 9, 8, 7, 6],  # label 4: 3rd best -> top-5 right, top-1 wrong
+    ], "float32")
+    labels = np.array([0, 5, 4], "int32")
+    trainer = loop.Trainer(model, keras.optimizers.SGD(), strategy, global_batch_size=2, num_classes=6)
+    ds = tf.data.Dataset.from_tensor_slices((logits, labels)).batch(2)  # a partial last batch
+    result = trainer.evaluate(strategy.experimental_distribute_dataset(ds))
+    assert result["val_images"] == 3
+    assert result["val_top1"] == pytest.approx(1 / 3)
+    assert result["val_top5"] == pytest.approx(2 / 3)
+    expected_loss = np.mean([-np.log(np.exp(l[y]) / np.exp(l).sum()) for l, y in zip(logits, labels)])
+    assert result["val_loss"] == pytest.approx(expected_loss, rel=1e-5)

@@ -1,0 +1,137 @@
+"""python -m toolkit.train end to end: summary, resume, kill-and-resume equality, bad flags, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+# small and quick: 32 px demo images, 8 per global batch
+TINY = ["--image_size=32", "--batch_size=8", "--steps_per_epoch=4", "--log_every=2", "--noexport", "--noxla",
+        "--precision=fp32", "--learning_rate=0.01"]
+
+
+def train(model_dir, *flags, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.train", f"--model_dir={model_dir}", *TINY, *flags],
+        capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT,
+    )
+
+
+def read_weights(path):
+    out = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.append((name, obj[()])) if hasattr(obj, "shape") else None)
+    return dict(out)
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from toolkit.data import sources
+
+    return sources.write_demo_dataset(str(tmp_path_factory.mktemp("demo")), train_count=96, val_count=24, image_size=40)
+
+
+def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo_data):
+    model_dir = tmp_path / "run"
+    first = train(model_dir, f"--data_dir={demo_data}", "--epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    for key in ("val_top1", "val_top5", "val_loss", "epochs", "steps", "train_images_per_sec", "precision", "xla",
+                "replicas", "distribution", "num_classes", "image_size", "params"):
+        assert key in summary, key
+    assert summary["steps"] == 4 and summary["epochs"] == 1
+    assert summary["num_classes"] == 4 and summary["image_size"] == 32 and summary["replicas"] == 1
+    assert summary["precision"] == "fp32" and summary["xla"] is False
+    assert summary["params"] == 23_572_996  # ResNet50V2 with a 4-class head
+    assert 0 <= summary["val_top1"] <= summary["val_top5"] <= 1 and np.isfinite(summary["val_loss"])
+    assert summary["train_images_per_sec"] > 0
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4]
+    assert any(r["kind"] == "val" and r["val_images"] == 24 for r in records)
+    assert os.listdir(model_dir / "tensorboard" / "train")
+
+    # the same command with more epochs continues from step 4, it does not start over
+    second = train(model_dir, f"--data_dir={demo_data}", "--epochs=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout and "at step 4" in second.stdout
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8]
+    assert json.loads((model_dir / "summary.json").read_text())["steps"] == 8
+
+    # --fresh starts anew and keeps the old run aside
+    third = train(model_dir, f"--data_dir={demo_data}", "--epochs=1", "--fresh")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "resuming" not in third.stdout
+    assert json.loads((model_dir / "summary.json").read_text())["steps"] == 4
+    assert any(name.startswith("previous-") for name in os.listdir(model_dir))
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, demo_data):
+    flags = [f"--data_dir={demo_data}", "--epochs=2", "--steps_per_epoch=6", "--checkpoint_every=2", "--deterministic",
+             "--seed=7"]
+    straight = train(tmp_path / "straight", *flags)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.train", f"--model_dir={killed_dir}", *TINY, *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT,
+    )
+    # kill it hard once it has written the step-8 checkpoint (mid second epoch), before it ends
+    deadline = time.time() + 400
+    index = killed_dir / "checkpoints" / "checkpoint"
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and "ckpt-8" in index.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "summary.json").exists()
+
+    resumed = train(killed_dir, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 8" in resumed.stdout
+    a = read_weights(tmp_path / "straight" / "model.weights.h5")
+    b = read_weights(killed_dir / "model.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 100
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--precision=fp64"], "--precision"),
+        (["--learning_rate=-0.1"], "--learning_rate"),
+        (["--batch_size=0"], "--batch_size"),
+        (["--data_dir=/nonexistent/shards"], "--data_dir"),
+        (["--distribution=everywhere"], "--distribution"),
+        (["--batch_size=9", "--cpu_replicas=2"], "--batch_size"),
+        (["--image_size=16"], "--image_size"),
+    ],
+)
+def test_bad_flags_stop_with_one_line_naming_the_flag(tmp_path, flags, named):
+    model_dir = tmp_path / "bad"
+    proc = train(model_dir, *flags, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and named in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (model_dir / "checkpoints").exists()  # stopped before any work
+
+
+def test_diverging_loss_stops_with_the_step_number(tmp_path, demo_data):
+    proc = train(tmp_path / "nan", f"--data_dir={demo_data}", "--learning_rate=1e12", "--epochs=3",
+                 "--warmup_epochs=0", "--optimizer=sgd")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][0]
+    assert "loss became" in line and "at step" in line

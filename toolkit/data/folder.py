@@ -1,0 +1,191 @@
+"""Image folders: find the classes and files, split them, convert them to shards.
+
+Two layouts are recognised:
+  SRC/<class>/...                          one folder per class; a stratified validation split
+                                           of `val_fraction` is drawn from each class
+  SRC/train/<class>/...  SRC/val/<class>/...   the split given by the folders (`validation/` is
+                                           also accepted; without one, val is drawn from train)
+Every non-hidden file inside a class folder (subfolders included) is a candidate: whatever fails to
+decode is skipped and reported, never guessed from its extension. Files outside class folders and
+unused top-level folders are reported as skipped too. Hidden files and folders (".name") are
+ignored.
+
+The split and the storage order are deterministic: files are ranked by a hash of (seed, relative
+path), so the same folder always gives the same shards, and adding a file moves at most one other
+file across the train/val boundary of its class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import NamedTuple
+
+from toolkit.data import writer
+
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation")}
+
+
+class FolderScan(NamedTuple):
+    layout: str  # "classes" or "splits"
+    class_names: tuple
+    files: dict  # split -> [(relative path, label)]; "val" is empty when it must be drawn
+    split_dirs: dict  # split -> absolute folder it was read from
+    skipped: list  # [{"file", "reason"}]
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _subdirs(path: str) -> list:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
+
+
+def _plain_files(path: str) -> list:
+    return sorted(e.name for e in os.scandir(path) if not e.is_dir() and _visible(e.name))
+
+
+def _files_under(root: str, top: str) -> list:
+    """Every visible file below root/top, as paths relative to root, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        found.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if _visible(f))
+    return sorted(found)
+
+
+def _split_folder(src: str, split: str):
+    for name in SPLIT_FOLDERS[split]:
+        path = os.path.join(src, name)
+        if os.path.isdir(path) and _subdirs(path):
+            return name
+    return None
+
+
+def scan_folder(src: str) -> FolderScan:
+    """Classes, files and layout of an image folder (see the module docstring)."""
+    if not os.path.isdir(src):
+        raise writer.ConversionError(f"--src: {src} is not a directory")
+    src = os.path.abspath(src)
+    skipped = []
+    train_dir = _split_folder(src, "train")
+    if train_dir:
+        val_dir = _split_folder(src, "val")
+        tops = {"train": train_dir, "val": val_dir}
+        used = {d for d in tops.values() if d}
+        for name in _subdirs(src):
+            if name not in used:
+                skipped.append({"file": name + "/", "reason": "folder not used: only train/ and val/ are read"})
+        for name in _plain_files(src):
+            skipped.append({"file": name, "reason": "not inside a class folder"})
+        class_names = sorted({c for d in used for c in _subdirs(os.path.join(src, d))})
+        layout = "splits"
+    else:
+        tops = {"train": "", "val": None}
+        class_names = _subdirs(src)
+        for name in _plain_files(src):
+            skipped.append({"file": name, "reason": "not inside a class folder"})
+        layout = "classes"
+    if not class_names:
+        raise writer.ConversionError(f"--src: {src} has no class folders (expected SRC/<class>/ or SRC/train/<class>/)")
+
+    label_of = {name: i for i, name in enumerate(class_names)}
+    files, split_dirs = {}, {}
+    for split, top in tops.items():
+        files[split] = []
+        if top is None:
+            continue
+        base = os.path.join(src, top) if top else src
+        split_dirs[split] = base
+        for name in _plain_files(base) if top else ():
+            skipped.append({"file": os.path.join(top, name), "reason": "not inside a class folder"})
+        for class_name in _subdirs(base):
+            rel_class = os.path.join(top, class_name) if top else class_name
+            files[split].extend((rel, label_of[class_name]) for rel in _files_under(src, rel_class))
+    return FolderScan(layout, tuple(class_names), files, split_dirs, skipped)
+
+
+def _rank(seed: int, purpose: str, key: str) -> str:
+    return hashlib.sha1(f"{seed}:{purpose}:{key}".encode()).hexdigest()
+
+
+def stratified_split(items: list, fraction: float, seed: int = 0) -> tuple:
+    """Split [(key, label)] into (train, val) with round(fraction * n) of each class in val.
+
+    A class with at least two items keeps at least one on each side when 0 < fraction < 1.
+    Deterministic: items are ranked by a hash of (seed, key), not by their order.
+    """
+    by_label = {}
+    for key, label in items:
+        by_label.setdefault(label, []).append((key, label))
+    train, val = [], []
+    for label in sorted(by_label):
+        ranked = sorted(by_label[label], key=lambda item: _rank(seed, "split", item[0]))
+        n = len(ranked)
+        n_val = round(n * fraction)
+        if 0 < fraction < 1 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        n_val = min(max(n_val, 0), n)
+        val.extend(ranked[:n_val])
+        train.extend(ranked[n_val:])
+    return train, val
+
+
+def storage_order(items: list, seed: int = 0) -> list:
+    """A deterministic shuffle, so each shard holds a mix of classes."""
+    return sorted(items, key=lambda item: _rank(seed, "order", item[0]))
+
+
+def convert_folder(
+    src: str,
+    out: str,
+    *,
+    val_fraction: float = 0.1,
+    shard_size: int = 1024,
+    min_shards: int = 8,
+    workers: int = 0,
+    max_side: int = 0,
+    quality: int = 90,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> writer.Conversion:
+    """Convert an image folder (either layout) into shards + labels.txt + manifest.json in `out`."""
+    if not 0 <= val_fraction < 1:
+        raise writer.ConversionError(f"--val_fraction: must be in [0, 1), got {val_fraction}")
+    scan = scan_folder(src)
+    src = os.path.abspath(src)
+    train, val = scan.files["train"], scan.files["val"]
+    drawn = "val" not in scan.split_dirs
+    if drawn:
+        train, val = stratified_split(train, val_fraction, seed)
+    plans = {}
+    for split, items in (("train", train), ("val", val)):
+        items = storage_order(items, seed)
+        candidates = (writer.Candidate(os.path.join(src, rel), label, rel) for rel, label in items)
+        plans[split] = writer.SplitPlan(candidates, len(items), writer.num_shards_for(len(items), shard_size, min_shards))
+    options = {
+        "val_fraction": val_fraction if drawn else None,
+        "shard_size": shard_size,
+        "min_shards": min_shards,
+        "max_side": max_side,
+        "jpeg_quality": quality,
+        "seed": seed,
+    }
+    extra = {"source_kind": "image_folder", "layout": scan.layout, "split_dirs": scan.split_dirs}
+    return writer.write_dataset(
+        out,
+        plans,
+        scan.class_names,
+        src,
+        options,
+        max_side=max_side,
+        quality=quality,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+        skipped=scan.skipped,
+        extra=extra,
+        protect=[src],
+    )

@@ -1,0 +1,321 @@
+"""Writing a converted dataset: parallel image preparation, shards, labels.txt and manifest.json.
+
+Every source (image folder, TFDS, other tools' TFRecords) describes its work as one `SplitPlan`
+per split: the `Candidate`s in the order they are to be stored, and a number of shards.
+`write_dataset` does the rest the same way for all of them:
+  - worker processes (forked, PIL only) prepare candidates (check, convert, resize: toolkit.data.images) in chunks,
+    a bounded number in flight, and results are consumed in submission order, so the output is
+    the same whatever the number of workers;
+  - records stream into shards, one open writer at a time: shard k receives the candidates at
+    positions [k*total/n, (k+1)*total/n) unless a candidate names its shard; shards left empty by
+    skipped files are dropped and the rest renumbered;
+  - the whole output is built in a temporary sibling directory and renamed into place at the end,
+    so an interrupted run leaves the previous output or nothing, never half a dataset.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
+
+import tensorflow as tf
+import tqdm
+
+from toolkit.data import images, schema, shards
+
+CHUNK = 8  # images per inter-process round trip
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, bounded memory
+
+
+class ConversionError(ValueError):
+    """A bad input or output location; the message is one line and names the flag."""
+
+
+class Candidate(NamedTuple):
+    """One image to convert."""
+
+    source: Union[str, bytes]  # a file path (read by the worker) or the encoded bytes
+    label: int
+    filename: str  # stored as image/filename and named in the skip report
+    text: Optional[str] = None  # class text to store; None: class_names[label]
+    shard: Optional[int] = None  # output shard; None: by position
+
+
+class SplitPlan(NamedTuple):
+    candidates: Iterable[Candidate]
+    total: int  # number of candidates (0 if unknown: only for plans whose candidates name shards)
+    num_shards: int
+
+
+class Conversion(NamedTuple):
+    out_dir: str
+    manifest: dict
+    seconds: float
+
+
+def num_shards_for(total: int, shard_size: int, min_shards: int) -> int:
+    """Shards for `total` records: at most shard_size each, at least min_shards (but none empty)."""
+    if total <= 0:
+        return 0
+    return min(total, max(math.ceil(total / max(1, shard_size)), min_shards))
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _is_within(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_output(out_dir: str, overwrite: bool, sources: Sequence[str] = ()) -> None:
+    """Refuse (ConversionError) an output that exists without --overwrite, that is not a shard
+    directory (so --overwrite never deletes anything else), or that overlaps a source."""
+    if not out_dir:
+        raise ConversionError("--out: must be set")
+    for src in sources:
+        if src and (_is_within(src, out_dir) or _is_within(out_dir, src)):
+            raise ConversionError(f"--out: {out_dir} overlaps the source {src}; choose a directory outside it")
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ConversionError(f"--out: {out_dir} exists and is not a directory")
+    if not os.listdir(out_dir):
+        return
+    if not overwrite:
+        raise ConversionError(f"--out: {out_dir} already exists; pass --overwrite to replace it")
+    if not os.path.exists(os.path.join(out_dir, shards.MANIFEST)):
+        raise ConversionError(
+            f"--out: {out_dir} exists and is not a shard directory (no {shards.MANIFEST}); refusing to replace it"
+        )
+
+
+def _worker_context():
+    """fork where available. The workers only run PIL/numpy code (toolkit.data.images), never
+    TensorFlow, so forking a parent with TensorFlow threads is safe for them; spawn and forkserver
+    would instead re-import the caller's main module, TensorFlow included, in every worker (and
+    fail outright in an unguarded script)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _chunks(iterable: Iterable, size: int):
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _prepared(candidates: Iterable[Candidate], pool, max_side: int, quality: int, window: int):
+    """(candidate without its bytes, Prepared or skip reason) in candidate order."""
+    if pool is None:
+        for c in candidates:
+            yield c._replace(source=None), images.prepare_task((c.source, max_side, quality))
+        return
+    pending = collections.deque()
+
+    def oldest():
+        metas, future = pending.popleft()
+        yield from zip(metas, future.result())
+
+    for chunk in _chunks(candidates, CHUNK):
+        tasks = [(c.source, max_side, quality) for c in chunk]
+        metas = [c._replace(source=None) for c in chunk]  # don't hold the bytes twice
+        pending.append((metas, pool.submit(images.prepare_tasks, tasks)))
+        if len(pending) >= window:
+            yield from oldest()
+    while pending:
+        yield from oldest()
+
+
+class _SplitWriter:
+    """Streams one split's records into consecutive shards inside the temporary directory."""
+
+    def __init__(self, directory: str, split: str):
+        self.directory, self.split = directory, split
+        self.index, self.writer = -1, None
+        self.counts = {}  # shard index -> records
+
+    def write(self, shard: int, record: bytes) -> None:
+        if shard != self.index:
+            if shard < self.index:
+                raise ValueError(f"{self.split}: shard {shard} comes after shard {self.index}")
+            self._close_current()
+            self.index = shard
+            self.writer = tf.io.TFRecordWriter(self._partial(shard))
+            self.counts[shard] = 0
+        self.writer.write(record)
+        self.counts[shard] += 1
+
+    def _partial(self, shard: int) -> str:
+        return os.path.join(self.directory, f"{self.split}-{shard:05d}.partial")
+
+    def _close_current(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self) -> tuple:
+        """Rename the non-empty shards to their final names; returns (names, counts)."""
+        self._close_current()
+        kept = [k for k in sorted(self.counts) if self.counts[k] > 0]
+        names = []
+        for i, k in enumerate(kept):
+            names.append(shards.shard_name(self.split, i, len(kept)))
+            os.replace(self._partial(k), os.path.join(self.directory, names[-1]))
+        for k in self.counts:
+            if self.counts[k] == 0 and os.path.exists(self._partial(k)):
+                os.remove(self._partial(k))
+        return names, [self.counts[k] for k in kept]
+
+
+def _move_into_place(tmp: str, out_dir: str) -> None:
+    if os.path.isdir(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)
+
+
+def _derived_class_names(texts: dict) -> list:
+    size = max(texts) + 1 if texts else 0
+    return [texts.get(k) or f"class_{k}" for k in range(size)]
+
+
+def write_dataset(
+    out_dir: str,
+    plans: dict,
+    class_names: Optional[Sequence[str]],
+    source: str,
+    options: dict,
+    *,
+    max_side: int = 0,
+    quality: int = 90,
+    workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    skipped: Sequence[dict] = (),
+    extra: Optional[dict] = None,
+    protect: Sequence[str] = (),
+) -> Conversion:
+    """Prepare and write every split of `plans` ({split: SplitPlan}) into `out_dir`.
+
+    `class_names=None` derives them from the candidates' texts (labels 0..max). `skipped` holds
+    files the source already rejected; `extra` adds manifest keys; `protect` lists source paths
+    the output must not overlap. Returns the output directory, its manifest and the time taken.
+    """
+    start = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    check_output(out_dir, overwrite, protect)
+    workers = workers if workers > 0 else default_workers()
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    pool = None
+    skipped = list(skipped)
+    actions = collections.Counter()
+    texts = {}
+    bytes_written = 0
+    splits = {}
+    total = sum(plan.total for plan in plans.values())
+    bar = tqdm.tqdm(total=total or None, unit="img", desc="convert", disable=not progress, mininterval=0.5)
+    try:
+        if workers > 1:
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_worker_context())
+        window = max(2, workers * IN_FLIGHT_PER_WORKER)
+        for split, plan in plans.items():
+            writer = _SplitWriter(tmp, split)
+            labels = collections.Counter()
+            n_shards = max(1, plan.num_shards)
+            results = _prepared(plan.candidates, pool, max_side, quality, window)
+            for position, (candidate, result) in enumerate(results):
+                bar.update(1)
+                if isinstance(result, str):
+                    skipped.append({"file": candidate.filename, "reason": result})
+                    bar.set_postfix(skipped=len(skipped), refresh=False)
+                    continue
+                label = int(candidate.label)
+                if class_names is not None:
+                    text = class_names[label] if candidate.text is None else candidate.text
+                else:
+                    text = candidate.text or ""
+                    texts.setdefault(label, text)
+                shard = candidate.shard
+                if shard is None:
+                    shard = min(n_shards - 1, position * n_shards // max(1, plan.total))
+                record = schema.encode_example(result.data, label, text, result.height, result.width, candidate.filename)
+                writer.write(shard, record)
+                labels[label] += 1
+                actions[result.action] += 1
+                bytes_written += len(record)
+            names, counts = writer.finish()
+            splits[split] = {"count": sum(counts), "labels": labels, "shards": names, "shard_counts": counts}
+        bar.close()
+        if class_names is None:
+            class_names = _derived_class_names(texts)
+        class_names = list(class_names)
+        for split, entry in splits.items():
+            by_label = entry.pop("labels")
+            entry["per_class"] = {name: by_label.get(k, 0) for k, name in enumerate(class_names)}
+            entry = {k: entry[k] for k in ("count", "per_class", "shards", "shard_counts")}
+            splits[split] = entry
+        manifest = {"format": shards.MANIFEST_FORMAT, "source": source, **(extra or {})}
+        manifest.update(
+            class_names=class_names,
+            splits=splits,
+            options=options,
+            skipped=skipped,
+            stats={
+                "stored_as_is": actions["kept"],
+                "reencoded": actions["reencoded"],
+                "resized": actions["resized"],
+                "bytes": bytes_written,
+            },
+        )
+        shards.write_labels(tmp, class_names)
+        shards.write_json_atomic(os.path.join(tmp, shards.MANIFEST), manifest)
+        _move_into_place(tmp, out_dir)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Conversion(out_dir, manifest, time.monotonic() - start)
+
+
+def format_summary(conversion: Conversion) -> str:
+    """A few lines for the end of a run: counts per split and class, skips, size, speed."""
+    m = conversion.manifest
+    converted = sum(s["count"] for s in m["splits"].values())
+    seconds = max(conversion.seconds, 1e-9)
+    lines = [f"converted {converted} images from {m['source']} in {seconds:.1f} s ({converted / seconds:.0f} img/s)"]
+    for split, s in m["splits"].items():
+        classes = ", ".join(f"{name} {n}" for name, n in list(s["per_class"].items())[:10])
+        more = " ..." if len(s["per_class"]) > 10 else ""
+        lines.append(f"  {split:5s} {s['count']:7d} images in {len(s['shards'])} shards ({classes}{more})")
+    st = m["stats"]
+    lines.append(
+        f"  stored as-is {st['stored_as_is']}, re-encoded {st['reencoded']}, resized {st['resized']}; "
+        f"{st['bytes'] / 1e6:.1f} MB of records"
+    )
+    lines.append(f"  skipped {len(m['skipped'])}")
+    for entry in m["skipped"][:20]:
+        lines.append(f"    {entry['file']}: {entry['reason']}")
+    if len(m["skipped"]) > 20:
+        lines.append(f"    ... {len(m['skipped']) - 20} more in {shards.MANIFEST}")
+    lines.append(f"-> {conversion.out_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Devices, strategies, precision policies and the XLA rules.
+
+Everything that depends on the hardware is decided here once, at start-up, and handed to the
+rest of the code as a `Runtime`: the strategy, the resolved precision and whether the train step
+is XLA-compiled (with the reason when it was turned off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+PRECISION_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    strategy: tf.distribute.Strategy
+    distribution: str  # resolved: mirrored | multi_worker | one_device
+    precision: str  # resolved: fp32 | fp16 | bf16
+    xla: bool
+    xla_note: str  # why XLA is off when it was asked for; "" otherwise
+    num_workers: int
+    worker_index: int
+    is_chief: bool
+    device_kind: str  # "GPU" or "CPU"
+
+    @property
+    def num_replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+def tf_config_cluster() -> tuple[int, int, bool]:
+    """(workers in TF_CONFIG, this task's index, whether this task is the chief)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return 1, 0, True
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+    cluster = tf_config.get("cluster", {})
+    task = tf_config.get("task", {})
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    has_chief_task = bool(cluster.get("chief"))
+    is_chief = kind == "chief" or (kind == "worker" and index == 0 and not has_chief_task)
+    global_index = index + (1 if has_chief_task and kind == "worker" else 0)
+    return max(workers, 1), global_index, is_chief
+
+
+def setup_devices(cpu_replicas: int = 1, gpu_memory_growth: bool = True) -> None:
+    """Split the CPU into logical devices and set GPU memory growth. Must run before any TF op."""
+    if gpu_memory_growth:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass  # already initialized (e.g. a second call in one process)
+    if cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        current = tf.config.get_logical_device_configuration(cpu)
+        if current is None or len(current) != cpu_replicas:
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)]
+                )
+            except RuntimeError as e:
+                raise RuntimeError(
+                    f"--cpu_replicas: cannot split the CPU into {cpu_replicas} devices after "
+                    f"TensorFlow has started ({e})"
+                ) from e
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with AVX512_BF16 or AMX-BF16 (where bf16 matmuls run natively)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def gpu_compute_capabilities() -> list:
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        caps.append(tuple(details.get("compute_capability", (0, 0))))
+    return caps
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> fp16 on GPUs of compute capability >= 7.0, bf16 on a CPU with bf16 units, else fp32."""
+    if precision != "auto":
+        return precision
+    caps = gpu_compute_capabilities()
+    if caps:
+        return "fp16" if min(caps) >= (7, 0) else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def set_precision_policy(precision: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
+
+
+def make_strategy(distribution: str) -> tuple[tf.distribute.Strategy, str]:
+    """Build the strategy. auto: several TF_CONFIG workers -> multi_worker; GPUs or logical CPU
+    devices -> mirrored over all of them; else one_device on the CPU."""
+    num_workers, _, _ = tf_config_cluster()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if distribution == "auto":
+        if num_workers > 1:
+            distribution = "multi_worker"
+        elif gpus or len(cpus) > 1:
+            distribution = "mirrored"
+        else:
+            distribution = "one_device"
+
+    if distribution == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--distribution: multi_worker needs TF_CONFIG naming the workers")
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.NCCL
+            if gpus
+            else tf.distribute.experimental.CommunicationImplementation.RING
+        )
+        return (
+            tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options),
+            distribution,
+        )
+    if distribution == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in cpus]
+        cross_device = None if gpus else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device), distribution
+    if distribution == "one_device":
+        device = gpus[0].name if gpus else cpus[0].name
+        return tf.distribute.OneDeviceStrategy(device), distribution
+    raise ValueError(f"--distribution: unknown value {distribution!r}")
+
+
+def xla_decision(asked: bool, strategy: tf.distribute.Strategy, device_kind: str) -> tuple[bool, str]:
+    """Whether to jit-compile the train step, and the reason when an asked-for XLA is turned off."""
+    if not asked:
+        return False, ""
+    if device_kind == "CPU" and strategy.num_replicas_in_sync > 1:
+        return False, (
+            "XLA turned off: several CPU replicas cannot share an XLA-compiled step "
+            "(resources on CPU:1 are not reachable from CPU:0)"
+        )
+    return True, ""
+
+
+def make_runtime(
+    distribution: str = "auto",
+    precision: str = "auto",
+    xla: bool = False,
+    cpu_replicas: int = 1,
+) -> Runtime:
+    """Devices, strategy, precision policy and XLA decided once, in that order."""
+    setup_devices(cpu_replicas)
+    strategy, resolved = make_strategy(distribution)
+    resolved_precision = resolve_precision(precision)
+    set_precision_policy(resolved_precision)
+    device_kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    use_xla, note = xla_decision(xla, strategy, device_kind)
+    num_workers, worker_index, is_chief = tf_config_cluster() if resolved == "multi_worker" else (1, 0, True)
+    if resolved == "multi_worker":
+        resolver = strategy.cluster_resolver
+        is_chief = _is_chief(resolver)
+        worker_index = resolver.task_id or 0
+    return Runtime(
+        strategy=strategy,
+        distribution=resolved,
+        precision=resolved_precision,
+        xla=use_xla,
+        xla_note=note,
+        num_workers=num_workers,
+        worker_index=worker_index,
+        is_chief=is_chief,
+        device_kind=device_kind,
+    )
+
+
+def _is_chief(resolver: Optional[tf.distribute.cluster_resolver.ClusterResolver]) -> bool:
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()

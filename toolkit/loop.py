@@ -1,0 +1,167 @@
+"""The one training loop for every strategy: optimizer, schedule, train and eval steps.
+
+`strategy.run` over distributed datasets, loss averaged over the GLOBAL batch
+(`tf.nn.compute_average_loss`), gradients all-reduced by the optimizer, a LossScaleOptimizer under
+fp16, an optionally XLA-compiled replica step. Metrics are returned as per-replica sums and reduced
+across replicas, so they are exact with partial evaluation batches and any replica count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from toolkit.config import TrainConfig
+
+
+@keras.saving.register_keras_serializable(package="toolkit")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `base` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+
+    def __init__(self, base: float, warmup_steps: int, total_steps: int):
+        self.base = float(base)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(self.warmup_steps, tf.float32)
+        decay_steps = tf.cast(self.total_steps - self.warmup_steps, tf.float32)
+        progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+        cosine = 0.5 * self.base * (1.0 + tf.cos(math.pi * progress))
+        warm = self.base * (step + 1.0) / tf.maximum(warmup, 1.0)
+        return tf.where(step < warmup, warm, cosine)
+
+    def get_config(self):
+        return {"base": self.base, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str) -> keras.optimizers.Optimizer:
+    """The optimizer with its warmup-cosine schedule; wrapped in a LossScaleOptimizer under fp16.
+
+    Weight decay: decoupled for sgd and adamw (Keras applies it to the weights); adam gets none
+    from the optimizer (the loop adds it as an L2 term instead, the textbook difference).
+    """
+    schedule = WarmupCosine(
+        config.learning_rate,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        total_steps=config.epochs * steps_per_epoch,
+    )
+    wd = config.weight_decay or None
+    if config.optimizer == "sgd":
+        opt = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=wd)
+    elif config.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule)
+    elif config.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"--optimizer: unknown optimizer {config.optimizer!r}")
+    if precision == "fp16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def decayed_variables(model: keras.Model) -> list:
+    """Convolution and dense kernels; BatchNorm parameters and biases are not decayed."""
+    return [v for v in model.trainable_variables if len(v.shape) > 1]
+
+
+def build_optimizer_state(optimizer: keras.optimizers.Optimizer, model: keras.Model) -> None:
+    """Create slot variables now (needed before XLA compiles a step and before restoring)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if inner.weight_decay:
+        decayed = {id(v) for v in decayed_variables(model)}
+        inner.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
+    optimizer.build(model.trainable_variables)
+
+
+class Trainer:
+    """Compiled train and eval steps for one model, optimizer and strategy."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        strategy: tf.distribute.Strategy,
+        global_batch_size: int,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        l2: float = 0.0,
+        xla: bool = False,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_batch_size = global_batch_size
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.l2 = l2
+        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self._replica_train = tf.function(self._replica_train_step, jit_compile=xla or None)
+        self._replica_eval = tf.function(self._replica_eval_step)
+        self.train_step = tf.function(self._distributed_train_step)
+        self.eval_step = tf.function(self._distributed_eval_step)
+
+    def per_example_loss(self, labels, logits):
+        onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+        if self.label_smoothing:
+            onehot = onehot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        return tf.nn.softmax_cross_entropy_with_logits(onehot, tf.cast(logits, tf.float32))
+
+    def _replica_train_step(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            loss = tf.nn.compute_average_loss(self.per_example_loss(labels, logits), global_batch_size=self.global_batch_size)
+            if self.l2:
+                penalty = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in decayed_variables(self.model)])
+                loss += 0.5 * self.l2 * penalty / self.strategy.num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
+            grads = _agree_on_finiteness(grads)
+        self.optimizer.apply(grads, variables)
+        return loss
+
+    def _distributed_train_step(self, batch):
+        images, labels = batch
+        per_replica_loss = self.strategy.run(self._replica_train, args=(images, labels))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
+
+    def _replica_eval_step(self, images, labels):
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        loss = tf.reduce_sum(self.per_example_loss(labels, logits))
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([loss, top1, top5, count])
+
+    def _distributed_eval_step(self, batch):
+        images, labels = batch
+        sums = self.strategy.run(self._replica_eval, args=(images, labels))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    def evaluate(self, dist_dataset) -> dict:
+        """Loss, top-1 and top-5 over a whole distributed evaluation dataset."""
+        totals = tf.zeros([4])
+        for batch in dist_dataset:
+            totals += self.eval_step(batch)
+        loss, top1, top5, count = (float(x) for x in totals.numpy())
+        if count == 0:
+            raise ValueError("--data_dir: the validation split is empty")
+        return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count, "val_images": int(count)}
+
+
+def _agree_on_finiteness(grads):
+    """Make every replica see non-finite gradients when any replica has them.
+
+    LossScaleOptimizer decides per replica whether to apply or skip a step; with several replicas
+    one overflowing replica would skip while the others apply, and the replicas would diverge
+    (keras-team/keras#18666, #21366). One scalar all-reduce keeps them in lockstep.
+    """
+    local_bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32)) for g in grads if g is not None])
+    global_bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
+    poison = tf.where(global_bad > 0, tf.constant(float("nan")), tf.constant(0.0))
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]

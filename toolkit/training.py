@@ -1,0 +1,245 @@
+"""`run(config)`: one training run from a Config, start to finish (the library side of toolkit.train).
+
+Order of work: runtime (devices, strategy, precision, XLA) -> data facts -> model and optimizer in
+the strategy's scope -> restore or start -> epochs of train steps with evaluation, metrics,
+checkpoints -> summary -> export. Every write goes to model_dir (the chief's) and is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from toolkit import checkpoint as ckpt_lib
+from toolkit import distribute, loop
+from toolkit.config import Config, ConfigError, validate
+from toolkit.data import pipeline, shards, sources
+from toolkit.logs import MetricsLog, log
+from toolkit.models import resnet_v2
+
+__version__ = "0.1.0"
+# the record fields that must match for a resume to make sense
+_SHAPING_FIELDS = ("num_classes", "image_size", "depth")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def resolve_data_dir(config: Config) -> str:
+    """The shard directory to train on; generates the demo dataset when none is given."""
+    if config.data.data_dir:
+        return config.data.data_dir
+    demo_dir = os.path.join(config.train.model_dir, "demo_data")
+    log(f"no --data_dir: generating the built-in demo dataset in {demo_dir}")
+    return sources.write_demo_dataset(demo_dir)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _check_resume_compatible(record: dict, model_dir: str, facts: dict) -> None:
+    for key in _SHAPING_FIELDS:
+        if key in record and record[key] != facts[key]:
+            raise ConfigError(
+                f"--{key}: {model_dir} holds a run with {key}={record[key]}, this run has {facts[key]}; "
+                "use --fresh or another --model_dir"
+            )
+
+
+def run(config: Config) -> dict:
+    """Train as `config` says and return the summary (also written to model_dir/summary.json)."""
+    validate(config)
+    t, d, m = config.train, config.data, config.model
+    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas)
+    validate(config, num_replicas=rt.num_replicas)
+    if rt.xla_note:
+        log(rt.xla_note)
+    _seed_everything(t.seed, t.deterministic)
+
+    model_dir = t.model_dir
+    os.makedirs(model_dir, exist_ok=True)
+    data_dir = resolve_data_dir(config)
+    info = shards.read_dataset_info(data_dir)
+    num_classes = m.num_classes or info.num_classes
+    if not num_classes:
+        raise ConfigError(f"--num_classes: {data_dir} names no classes (no labels.txt); set --num_classes")
+    if info.num_classes and m.num_classes and m.num_classes < info.num_classes:
+        raise ConfigError(f"--num_classes: {m.num_classes} is fewer than the {info.num_classes} classes in {data_dir}")
+    train_count = info.counts.get("train", 0)
+    steps_per_epoch = t.steps_per_epoch or train_count // d.batch_size
+    if steps_per_epoch == 0:
+        hint = "set --steps_per_epoch (shards without a manifest)" if not train_count else f"only {train_count} training images"
+        raise ConfigError(f"--batch_size: {d.batch_size} leaves no full batch per epoch ({hint})")
+    data_cfg = d if d.data_dir else type(d)(**{**d.__dict__, "data_dir": data_dir})
+
+    facts = {
+        "toolkit_version": __version__,
+        "num_classes": num_classes,
+        "class_names": list(info.class_names) or [str(i) for i in range(num_classes)],
+        "image_size": d.image_size,
+        "depth": m.depth,
+        "data_dir": data_dir,
+        "precision": rt.precision,
+        "distribution": rt.distribution,
+        "replicas": rt.num_replicas,
+        "xla": rt.xla,
+        "config": config.to_dict(),
+    }
+    if t.fresh and rt.is_chief:
+        moved = ckpt_lib.set_aside_previous_run(model_dir)
+        if moved:
+            log(f"--fresh: the previous run was moved to {moved}")
+    elif os.path.exists(os.path.join(model_dir, ckpt_lib.RUN_RECORD)):
+        _check_resume_compatible(ckpt_lib.load_run_record(model_dir), model_dir, facts)
+
+    strategy = rt.strategy
+    with strategy.scope():
+        model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
+        if m.init_weights:
+            copied = resnet_v2.load_initial_weights(model, m.init_weights)
+            log(f"--init_weights: copied {copied} layers from {m.init_weights}")
+        optimizer = loop.make_optimizer(t, steps_per_epoch, rt.precision)
+        loop.build_optimizer_state(optimizer, model)
+        checkpointer = ckpt_lib.Checkpointer(model_dir, rt.is_chief, t.keep_checkpoints, model=model, optimizer=optimizer)
+    restored = None if t.fresh else checkpointer.restore_latest()
+    if rt.is_chief:
+        ckpt_lib.save_run_record(model_dir, facts)
+
+    start_step = int(checkpointer.step.numpy())
+    total_steps = t.epochs * steps_per_epoch
+    start_epoch, skip = divmod(start_step, steps_per_epoch)
+    log(
+        f"{'resuming from ' + restored + f' at step {start_step}' if restored else 'starting'}: "
+        f"ResNet{m.depth}V2 {d.image_size}px, {num_classes} classes, {model.count_params():,} params | "
+        f"{rt.distribution} x{rt.num_replicas} {rt.device_kind} replicas, {rt.precision}, xla={'on' if rt.xla else 'off'} | "
+        f"global batch {d.batch_size}, {steps_per_epoch} steps/epoch, {t.epochs} epochs"
+    )
+
+    l2 = t.weight_decay if t.optimizer == "adam" else 0.0
+    trainer = loop.Trainer(model, optimizer, strategy, d.batch_size, num_classes, t.label_smoothing, l2, rt.xla)
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.make_train_dataset(data_cfg, info.split_files("train"), steps_per_epoch, ctx, start_epoch, skip)
+    )
+    eval_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.make_eval_dataset(data_cfg, info.split_files("val"), ctx)
+    )
+
+    metrics_log = MetricsLog(model_dir if rt.is_chief else None)
+    speed = _Speedometer(d.batch_size, t.warmup_steps_for_speed)
+    history, eval_result = [], {}
+    iterator = iter(train_ds)
+    step = start_step
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            checkpointer.epoch.assign(epoch)
+            first = skip if epoch == start_epoch else 0
+            for _ in range(first, steps_per_epoch):
+                speed.start_step()
+                loss = float(trainer.train_step(next(iterator)))
+                speed.end_step()
+                step += 1
+                checkpointer.step.assign(step)
+                if not np.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {step} (epoch {epoch + 1}); last checkpoint: {checkpointer.latest}. "
+                        "Lower --learning_rate, raise --warmup_epochs or check the data"
+                    )
+                if step % t.log_every == 0 or step == total_steps:
+                    lr = float(optimizer.learning_rate) if not callable(optimizer.learning_rate) else float(optimizer.learning_rate(optimizer.iterations))
+                    rate = speed.interval_rate()
+                    log(f"epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} loss {loss:.4f} lr {lr:.5f} {rate:.1f} img/s")
+                    metrics_log.write({"step": step, "epoch": epoch + 1, "loss": loss, "learning_rate": lr, "images_per_sec": rate}, "train")
+                if step % t.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                    checkpointer.save()
+            eval_start = time.time()
+            eval_result = trainer.evaluate(eval_ds)
+            eval_result["eval_seconds"] = time.time() - eval_start
+            entry = {"step": step, "epoch": epoch + 1, **eval_result}
+            history.append(entry)
+            metrics_log.write(entry, "val")
+            log(
+                f"epoch {epoch + 1}/{t.epochs} validation: loss {eval_result['val_loss']:.4f} "
+                f"top-1 {eval_result['val_top1']:.4f} top-5 {eval_result['val_top5']:.4f} ({eval_result['val_images']} images)"
+            )
+            checkpointer.epoch.assign(epoch + 1)
+            checkpointer.save()
+    finally:
+        metrics_log.close()
+
+    if not eval_result:  # resumed a finished run: evaluate once so the summary is complete
+        eval_result = trainer.evaluate(eval_ds)
+    summary = {
+        **{k: eval_result[k] for k in ("val_top1", "val_top5", "val_loss")},
+        "epochs": t.epochs,
+        "steps": step,
+        "train_images_per_sec": speed.rate(),
+        "precision": rt.precision,
+        "xla": rt.xla,
+        "replicas": rt.num_replicas,
+        "workers": rt.num_workers,
+        "distribution": rt.distribution,
+        "num_classes": num_classes,
+        "class_names": facts["class_names"],
+        "image_size": d.image_size,
+        "params": int(model.count_params()),
+        "data_dir": data_dir,
+        "model_dir": model_dir,
+        "history": history,
+    }
+    if rt.is_chief:
+        weights_path = os.path.join(model_dir, "model.weights.h5")
+        tmp = os.path.join(model_dir, ".tmp-model.weights.h5")
+        model.save_weights(tmp)
+        os.replace(tmp, weights_path)
+        summary["weights"] = weights_path
+        shards.write_json_atomic(os.path.join(model_dir, "summary.json"), summary)
+        log(f"done: val top-1 {summary['val_top1']:.4f}, {summary['train_images_per_sec']:.1f} img/s")
+        log(f"wrote {model_dir}/: summary.json, metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
+    checkpointer.close()
+    return summary
+
+
+class _Speedometer:
+    """Images per second over train steps only, excluding the first (compiling) steps."""
+
+    def __init__(self, global_batch: int, warmup_steps: int):
+        self.batch, self.warmup = global_batch, warmup_steps
+        self.steps = 0
+        self.timed_steps, self.timed_seconds = 0, 0.0
+        self._interval_steps, self._interval_seconds = 0, 0.0
+        self._t0 = 0.0
+
+    def start_step(self):
+        self._t0 = time.perf_counter()
+
+    def end_step(self):
+        dt = time.perf_counter() - self._t0
+        self.steps += 1
+        self._interval_steps += 1
+        self._interval_seconds += dt
+        if self.steps > self.warmup:
+            self.timed_steps += 1
+            self.timed_seconds += dt
+
+    def interval_rate(self) -> float:
+        rate = self.batch * self._interval_steps / max(self._interval_seconds, 1e-9)
+        self._interval_steps, self._interval_seconds = 0, 0.0
+        return rate
+
+    def rate(self) -> float:
+        if self.timed_steps == 0:  # a run too short to leave warm-up: report what there is
+            return self.batch * self._interval_steps / max(self._interval_seconds, 1e-9) if self._interval_steps else 0.0
+        return self.batch * self.timed_steps / self.timed_seconds
