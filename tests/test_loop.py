@@ -34,12 +34,15 @@ def test_each_precision_trains_with_finite_falling_loss(precision, xla):
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "fp16")
         trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4, xla=xla)
         batch = _fixed_batch()
-        losses = [float(trainer.train_step(batch)) for _ in range(6)]
+        # fp16 starts at a loss scale of 2^15 that overflows the stem's gradients: the first steps
+        # are skipped while the scale halves, as they are on a GPU
+        steps = 14 if precision == "fp16" else 6
+        losses = [float(trainer.train_step(batch)) for _ in range(steps)]
         assert all(np.isfinite(losses)), losses
         assert losses[-1] < losses[0] * 0.8, losses
         assert model.get_layer("conv1_conv").compute_dtype == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
         if precision == "fp16":
-            assert float(optimizer.dynamic_scale.numpy()) > 0
+            assert 1 <= float(optimizer.dynamic_scale.numpy()) < 2**15
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -68,7 +71,7 @@ def test_evaluation_counts_top1_and_top5_exactly():
     model = keras.Model(inputs, keras.layers.Identity()(inputs))  # logits = inputs
     logits = np.array([
         [9, 1, 2, 3, 4, 5],  # label 0: top-1 right
-        [1, 9, 8, 7, 6, 5],  # label 5: only 6th best -> wrong in top-5
+        [1, 9, 8, 7, 6, 0.5],  # label 5: only 6th best -> wrong in top-5
         [1, 2, 9, 8, 7, 6],  # label 4: 3rd best -> top-5 right, top-1 wrong
     ], "float32")
     labels = np.array([0, 5, 4], "int32")

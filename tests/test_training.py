@@ -110,16 +110,11 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
 @pytest.mark.parametrize(
     "flags, named",
     [
-        (["--precision=fp64"], "--precision"),
-        (["--learning_rate=-0.1"], "--learning_rate"),
-        (["--batch_size=0"], "--batch_size"),
-        (["--data_dir=/nonexistent/shards"], "--data_dir"),
-        (["--distribution=everywhere"], "--distribution"),
-        (["--batch_size=9", "--cpu_replicas=2"], "--batch_size"),
-        (["--image_size=16"], "--image_size"),
+        (["--precision=fp64"], "--precision"),  # rejected by the config, before TensorFlow starts work
+        (["--batch_size=9", "--cpu_replicas=2"], "--batch_size"),  # rejected once the replicas are known
     ],
 )
-def test_bad_flags_stop_with_one_line_naming_the_flag(tmp_path, flags, named):
+def test_bad_flags_stop_the_cli_with_one_line_naming_the_flag(tmp_path, flags, named):
     model_dir = tmp_path / "bad"
     proc = train(model_dir, *flags, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -127,6 +122,49 @@ def test_bad_flags_stop_with_one_line_naming_the_flag(tmp_path, flags, named):
     assert len(lines) == 1 and named in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (model_dir / "checkpoints").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--precision=fp64"], "--precision"),
+        (["--learning_rate=-0.1"], "--learning_rate"),
+        (["--batch_size=0"], "--batch_size"),
+        (["--data_dir=/nonexistent/shards"], "--data_dir"),
+        (["--distribution=everywhere"], "--distribution"),
+        (["--image_size=16"], "--image_size"),
+        (["--warmup_epochs=-1"], "--warmup_epochs"),
+        (["--label_smoothing=1.5"], "--label_smoothing"),
+        (["--init_weights=/nonexistent/w.keras"], "--init_weights"),
+    ],
+)
+def test_bad_flag_values_are_refused_by_the_config(argv, named):
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+    from toolkit.config import ConfigError
+
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.train", *argv])
+        with pytest.raises(ConfigError) as info:
+            flags_lib.to_config()
+    message = str(info.value)
+    assert message.startswith(named + ":") and "\n" not in message
+
+
+def test_demo_defaults_apply_only_to_flags_left_alone():
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.train", "--epochs=2"])
+        demo = flags_lib.to_config()
+    assert demo.data.image_size == flags_lib.DEMO_DEFAULTS["image_size"] and demo.train.epochs == 2
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.train", "--data_dir=/tmp"])
+        real = flags_lib.to_config()
+    assert real.data.image_size == 224 and real.train.epochs == 90
 
 
 def test_diverging_loss_stops_with_the_step_number(tmp_path, demo_data):

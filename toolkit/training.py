@@ -213,33 +213,29 @@ def run(config: Config) -> dict:
 
 
 class _Speedometer:
-    """Images per second over train steps only, excluding the first (compiling) steps."""
+    """Images per second over train steps only (evaluation and checkpoints excluded), leaving out
+    the first `warmup_steps` steps (tracing, compilation, pipeline fill); a run too short for that
+    leaves out only its first step."""
 
     def __init__(self, global_batch: int, warmup_steps: int):
         self.batch, self.warmup = global_batch, warmup_steps
-        self.steps = 0
-        self.timed_steps, self.timed_seconds = 0, 0.0
-        self._interval_steps, self._interval_seconds = 0, 0.0
+        self.durations = []
+        self._interval_start = 0
         self._t0 = 0.0
 
     def start_step(self):
         self._t0 = time.perf_counter()
 
     def end_step(self):
-        dt = time.perf_counter() - self._t0
-        self.steps += 1
-        self._interval_steps += 1
-        self._interval_seconds += dt
-        if self.steps > self.warmup:
-            self.timed_steps += 1
-            self.timed_seconds += dt
+        self.durations.append(time.perf_counter() - self._t0)
 
     def interval_rate(self) -> float:
-        rate = self.batch * self._interval_steps / max(self._interval_seconds, 1e-9)
-        self._interval_steps, self._interval_seconds = 0, 0.0
-        return rate
+        """Rate over the steps since the previous call (compilation included: it is what happened)."""
+        window = self.durations[self._interval_start:]
+        self._interval_start = len(self.durations)
+        return self.batch * len(window) / max(sum(window), 1e-9)
 
     def rate(self) -> float:
-        if self.timed_steps == 0:  # a run too short to leave warm-up: report what there is
-            return self.batch * self._interval_steps / max(self._interval_seconds, 1e-9) if self._interval_steps else 0.0
-        return self.batch * self.timed_steps / self.timed_seconds
+        skip = self.warmup if len(self.durations) > self.warmup else min(1, len(self.durations) - 1)
+        timed = self.durations[skip:]
+        return self.batch * len(timed) / sum(timed) if timed else 0.0

@@ -1,0 +1,131 @@
+"""The `train` benchmark section: training images/s of the toolkit's loop against Keras model.fit.
+
+Every variant runs in its own subprocess (a dtype policy and XLA are process-wide), on the same
+in-memory batch of random images, so the figures compare the training step and nothing else:
+
+  toolkit_fp32, toolkit_bf16, toolkit_fp16 (+ _xla): toolkit.loop.Trainer under a OneDevice strategy
+  keras_fit: keras.applications.ResNet50V2(weights=None) compiled with SGD and
+             SparseCategoricalCrossentropy, model.fit on the same data, the way users' notebooks do
+
+Run one variant by hand:  python scripts/bench_train.py --variant toolkit_fp32 --image_size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = ("toolkit_fp32", "toolkit_bf16", "toolkit_fp16", "toolkit_fp32_xla", "toolkit_bf16_xla", "keras_fit")
+NUM_CLASSES = 10
+
+
+def _data(batch: int, size: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
+    labels = (np.arange(batch) % NUM_CLASSES).astype("int32")
+    return images, labels
+
+
+def _time_steps(step, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def measure_toolkit(precision: str, xla: bool, batch: int, size: int, warmup: int, steps: int) -> float:
+    import tensorflow as tf
+
+    from toolkit import distribute, loop
+    from toolkit.config import TrainConfig
+    from toolkit.models import resnet_v2
+
+    distribute.set_precision_policy(precision)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0" if not tf.config.list_logical_devices("GPU") else "/gpu:0")
+    config = TrainConfig(optimizer="sgd", learning_rate=0.01, warmup_epochs=0, epochs=1)
+    with strategy.scope():
+        model = resnet_v2.build_model(NUM_CLASSES, size)
+        optimizer = loop.make_optimizer(config, steps_per_epoch=1000, precision=precision)
+        loop.build_optimizer_state(optimizer, model)
+    trainer = loop.Trainer(model, optimizer, strategy, batch, NUM_CLASSES, xla=xla)
+    images, labels = _data(batch, size)
+    ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    it = iter(strategy.experimental_distribute_dataset(ds))
+    seconds = _time_steps(lambda: trainer.train_step(next(it)).numpy(), warmup, steps)
+    return batch * steps / seconds
+
+
+def measure_keras_fit(batch: int, size: int, warmup: int, steps: int) -> float:
+    import keras
+    import tensorflow as tf
+
+    model = keras.applications.ResNet50V2(weights=None, input_shape=(size, size, 3), classes=NUM_CLASSES)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+    images, labels = _data(batch, size)
+    ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def measure(variant: str, batch: int, size: int, warmup: int, steps: int) -> float:
+    if variant == "keras_fit":
+        return measure_keras_fit(batch, size, warmup, steps)
+    _, precision, *rest = variant.split("_")
+    return measure_toolkit(precision, bool(rest), batch, size, warmup, steps)
+
+
+def run_variant_subprocess(variant: str, batch: int, size: int, warmup: int, steps: int) -> dict:
+    """Run one variant in a fresh interpreter; returns {"images_per_sec": ...} or {"error": ...}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--batch_size", str(batch),
+           "--image_size", str(size), "--warmup", str(warmup), "--steps", str(steps)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+def model_flops_per_image(size: int) -> float:
+    """Forward-pass FLOPs of ResNet50V2 at `size` (2 per multiply-add), counted from the layers."""
+    from toolkit.models import resnet_v2
+
+    model = resnet_v2.build_model(1000, size)
+    flops = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            flops += 2 * h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif kind == "Dense":
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return float(flops)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    rate = measure(args.variant, args.batch_size, args.image_size, args.warmup, args.steps)
+    print(json.dumps({"variant": args.variant, "images_per_sec": rate}))
+
+
+if __name__ == "__main__":
+    main()
