@@ -57,6 +57,11 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4]
     assert any(r["kind"] == "val" and r["val_images"] == 24 for r in records)
     assert os.listdir(model_dir / "tensorboard" / "train")
+    for name in ("curves.png", "predictions.png", "confusion_matrix.png", "summary.md", "model.weights.h5"):
+        assert (model_dir / name).stat().st_size > 1000, name
+    confusion = json.loads((model_dir / "confusion_matrix.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 24
+    assert np.trace(confusion["matrix"]) / 24 == pytest.approx(summary["val_top1"])  # same model, same images
 
     # the same command with more epochs continues from step 4, it does not start over
     second = train(model_dir, f"--data_dir={demo_data}", "--epochs=2")
@@ -173,3 +178,19 @@ def test_diverging_loss_stops_with_the_step_number(tmp_path, demo_data):
     assert proc.returncode == 3, proc.stderr[-2000:]
     line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][0]
     assert "loss became" in line and "at step" in line
+
+
+def test_flagfile_sets_flags_and_every_flag_has_help(tmp_path):
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("--data_dir=/tmp\n--epochs=3\n--optimizer=adamw\n--precision=bf16\n")
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.train", f"--flagfile={flagfile}", "--epochs=4"])
+        config = flags_lib.to_config()
+    assert (config.train.epochs, config.train.optimizer, config.train.precision) == (4, "adamw", "bf16")
+    ours = [f for f in flags_lib.FLAGS.get_flags_for_module(flags_lib)]
+    assert len(ours) >= 30
+    assert all(f.help and len(f.help) > 15 for f in ours), [f.name for f in ours if not f.help]

@@ -117,29 +117,31 @@ def make_strategy(distribution: str) -> tuple[tf.distribute.Strategy, str]:
     """Build the strategy. auto: several TF_CONFIG workers -> multi_worker; GPUs or logical CPU
     devices -> mirrored over all of them; else one_device on the CPU."""
     num_workers, _, _ = tf_config_cluster()
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    if distribution == "auto":
-        if num_workers > 1:
-            distribution = "multi_worker"
-        elif gpus or len(cpus) > 1:
-            distribution = "mirrored"
-        else:
-            distribution = "one_device"
-
+    if distribution == "auto" and num_workers > 1:
+        distribution = "multi_worker"
     if distribution == "multi_worker":
+        # before anything lists logical devices: that starts TensorFlow's runtime, and collective
+        # ops can only be configured before it starts
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("--distribution: multi_worker needs TF_CONFIG naming the workers")
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.NCCL
-            if gpus
+            if tf.config.list_physical_devices("GPU")
             else tf.distribute.experimental.CommunicationImplementation.RING
         )
         return (
             tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options),
             distribution,
         )
+
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if distribution == "auto":
+        if gpus or len(cpus) > 1:
+            distribution = "mirrored"
+        else:
+            distribution = "one_device"
     if distribution == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in cpus]
         cross_device = None if gpus else tf.distribute.ReductionToOneDevice()

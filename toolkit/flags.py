@@ -31,11 +31,11 @@ flags.DEFINE_bool("sync_batchnorm", False, "Synchronize BatchNorm statistics acr
 
 # --- optimization
 flags.DEFINE_string("model_dir", "runs/default", "Where checkpoints, logs, plots, the summary and exports go; re-running resumes from it.")
-flags.DEFINE_integer("epochs", 90, "Training epochs (demo default: 6).")
+flags.DEFINE_integer("epochs", 90, "Training epochs (demo default: 3).")
 flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over the training split.")
 flags.DEFINE_enum("optimizer", "sgd", list(cfg.OPTIMIZERS), "sgd (with momentum), adam or adamw.")
 flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate after warmup (demo default: 0.05).")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("momentum", 0.9, "Momentum of the sgd optimizer (ignored by adam and adamw).")
 flags.DEFINE_float("warmup_epochs", 5.0, "Epochs of linear warmup before the cosine decay (demo default: 1).")
 flags.DEFINE_float("weight_decay", 5e-5, "Weight decay of kernels (decoupled for sgd/adamw, L2 loss for adam).")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing for the cross-entropy.")
@@ -57,7 +57,7 @@ flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep
 # --- export
 flags.DEFINE_bool("export", True, "Export SavedModel + ONNX with the parity gate after training (--noexport to skip).")
 flags.DEFINE_string("export_dir", "", "Where to export; empty: <model_dir>/export.")
-flags.DEFINE_integer("opset", 17, "ONNX opset.")
+flags.DEFINE_integer("opset", 17, "ONNX opset of the exported model.")
 flags.DEFINE_enum("onnx_layout", "nhwc", ["nhwc", "nchw"], "Input layout of the ONNX model.")
 flags.DEFINE_integer("parity_images", 0, "Validation images used by the parity gate; 0: all.")
 flags.DEFINE_float("parity_atol", 1e-4, "Largest allowed absolute difference of probabilities between formats.")
@@ -68,7 +68,7 @@ flags.DEFINE_bool("onnx_int8", False, "Also write an int8 (static quantization) 
 DEMO_DEFAULTS = {
     "image_size": 32,
     "batch_size": 32,
-    "epochs": 6,
+    "epochs": 3,
     "learning_rate": 0.05,
     "warmup_epochs": 1.0,
     "crop_min_scale": 0.25,

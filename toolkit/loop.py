@@ -102,7 +102,7 @@ class Trainer:
         self._replica_train = tf.function(self._replica_train_step, jit_compile=xla or None)
         self._replica_eval = tf.function(self._replica_eval_step)
         self.train_step = tf.function(self._distributed_train_step)
-        self.eval_step = tf.function(self._distributed_eval_step)
+        self._eval_steps = {}  # element spec -> eval step traced once for it
 
     def per_example_loss(self, labels, logits):
         onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
@@ -143,11 +143,25 @@ class Trainer:
         sums = self.strategy.run(self._replica_eval, args=(images, labels))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
+    def eval_step_for(self, element_spec):
+        """The eval step traced once for a dataset's element spec (batch dimension unknown).
+
+        A fixed signature keeps one trace for full and partial batches, and lets a replica receive
+        the empty batch that a multi-worker iterator hands to workers whose share of the
+        validation files has run out while others still have data: traced with a static batch of
+        0, the model fails to build.
+        """
+        key = repr(element_spec)
+        if key not in self._eval_steps:
+            self._eval_steps[key] = tf.function(self._distributed_eval_step, input_signature=[element_spec])
+        return self._eval_steps[key]
+
     def evaluate(self, dist_dataset) -> dict:
         """Loss, top-1 and top-5 over a whole distributed evaluation dataset."""
+        eval_step = self.eval_step_for(dist_dataset.element_spec)
         totals = tf.zeros([4])
         for batch in dist_dataset:
-            totals += self.eval_step(batch)
+            totals += eval_step(batch)
         loss, top1, top5, count = (float(x) for x in totals.numpy())
         if count == 0:
             raise ValueError("--data_dir: the validation split is empty")

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import checkpoint as ckpt_lib
-from toolkit import distribute, loop
+from toolkit import distribute, loop, outputs
 from toolkit.config import Config, ConfigError, validate
 from toolkit.data import pipeline, shards, sources
 from toolkit.logs import MetricsLog, log
@@ -200,14 +200,17 @@ def run(config: Config) -> dict:
         "history": history,
     }
     if rt.is_chief:
-        weights_path = os.path.join(model_dir, "model.weights.h5")
-        tmp = os.path.join(model_dir, ".tmp-model.weights.h5")
-        model.save_weights(tmp)
-        os.replace(tmp, weights_path)
-        summary["weights"] = weights_path
-        shards.write_json_atomic(os.path.join(model_dir, "summary.json"), summary)
-        log(f"done: val top-1 {summary['val_top1']:.4f}, {summary['train_images_per_sec']:.1f} img/s")
-        log(f"wrote {model_dir}/: summary.json, metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
+        best_top1, best_at = outputs.best_epoch(model_dir)
+        summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=train_count,
+                       val_images=eval_result.get("val_images"), config=config.to_dict())
+        artifacts = {"weights": outputs.save_weights(model, model_dir)}
+        artifacts.update(outputs.write_reports(
+            model, pipeline.make_eval_dataset(data_cfg, info.split_files("val")), facts["class_names"], model_dir))
+        summary["artifacts"] = artifacts
+        outputs.write_summary(summary, model_dir)
+        log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}), {summary['train_images_per_sec']:.1f} img/s")
+        log(f"wrote {model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
+            "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
     checkpointer.close()
     return summary
 

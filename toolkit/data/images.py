@@ -75,6 +75,30 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
+SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _signature(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for magic, kind in SIGNATURES if data.startswith(magic)), "")
+
+
+def _decode_failure(error: Exception, what: str) -> BadImage:
+    message = str(error) or type(error).__name__
+    if "truncated" in message.lower():
+        return BadImage(f"truncated image: {message}")
+    return BadImage(f"{what}: {message}")
+
+
 def prepare_image(data: bytes, max_side: int = 0, quality: int = 90) -> Prepared:
     """Validate encoded image bytes and return what to store (see the module policy)."""
     if not data:
@@ -82,11 +106,14 @@ def prepare_image(data: bytes, max_side: int = 0, quality: int = 90) -> Prepared
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        kind = _signature(data)
+        if kind:
+            raise BadImage(f"corrupt image: a {kind} signature but an unreadable header") from None
         raise BadImage("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"image too large: {e}") from None
     except Exception as e:  # PIL raises many kinds on malformed headers
-        raise BadImage(f"corrupt image header: {e}") from None
+        raise _decode_failure(e, "corrupt image header") from None
 
     source_format = image.format
     width, height = image.size
@@ -96,10 +123,7 @@ def prepare_image(data: bytes, max_side: int = 0, quality: int = 90) -> Prepared
             image.draft(image.mode, target)  # let libjpeg scale by 1/2, 1/4, 1/8 while decoding
         image.load()
     except Exception as e:
-        message = str(e) or type(e).__name__
-        if "truncated" in message:
-            raise BadImage(f"truncated image: {message}") from None
-        raise BadImage(f"corrupt image: {message}") from None
+        raise _decode_failure(e, "corrupt image") from None
     if width <= 0 or height <= 0:
         raise BadImage("image has no pixels")
 

@@ -17,16 +17,16 @@ from PIL import Image
 from toolkit.data import schema, shards
 
 DEMO_CLASSES = ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots")
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = rng.uniform(size / 8, size / 3)
+    period = rng.uniform(size / 6, size / 3)
     phase_y, phase_x = rng.uniform(0, 2 * np.pi, 2)
     wave_y = np.sin(2 * np.pi * yy / period + phase_y)
     wave_x = np.sin(2 * np.pi * xx / period + phase_x)
-    tilt = rng.uniform(-0.15, 0.15)  # a slight rotation so stripes are not pixel-aligned
+    tilt = rng.uniform(-0.1, 0.1)  # a slight rotation so stripes are not pixel-aligned
     if kind == 0:
         pattern = np.sin(2 * np.pi * (yy + tilt * xx) / period + phase_y)
     elif kind == 1:
@@ -34,12 +34,12 @@ def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     elif kind == 2:
         pattern = wave_y * wave_x
     else:
-        pattern = np.maximum(wave_y, 0) * np.maximum(wave_x, 0) * 2 - 0.5
+        pattern = np.maximum(wave_y, 0) * np.maximum(wave_x, 0) - 0.25
     mask = (pattern > 0).astype(np.float32)[..., None]
-    fg, bg = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-    while np.abs(fg - bg).sum() < 150:  # keep the pattern visible
-        fg, bg = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-    image = mask * fg + (1 - mask) * bg + rng.normal(0, 12, (size, size, 3))
+    # light pattern on a dark ground, each tinted at random: the class is in the shape, not the colour
+    fg = rng.uniform(170, 255, 3).astype(np.float32)
+    bg = rng.uniform(0, 85, 3).astype(np.float32)
+    image = mask * fg + (1 - mask) * bg + rng.normal(0, 8, (size, size, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

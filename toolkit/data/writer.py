@@ -3,9 +3,10 @@
 Every source (image folder, TFDS, other tools' TFRecords) describes its work as one `SplitPlan`
 per split: the `Candidate`s in the order they are to be stored, and a number of shards.
 `write_dataset` does the rest the same way for all of them:
-  - worker processes (forked, PIL only) prepare candidates (check, convert, resize: toolkit.data.images) in chunks,
-    a bounded number in flight, and results are consumed in submission order, so the output is
-    the same whatever the number of workers;
+  - worker processes (forked, PIL only) prepare candidates in chunks (decode fully, convert,
+    resize: toolkit.data.images), a bounded number in flight; JPEGs kept as they are are also
+    decoded by TensorFlow in the parent, the decoder that training uses; results are consumed in
+    submission order, so the output is the same whatever the number of workers;
   - records stream into shards, one open writer at a time: shard k receives the candidates at
     positions [k*total/n, (k+1)*total/n) unless a candidate names its shard; shards left empty by
     skipped files are dropped and the rest renumbered;
@@ -21,6 +22,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -117,17 +119,48 @@ def _chunks(iterable: Iterable, size: int):
         yield chunk
 
 
-def _prepared(candidates: Iterable[Candidate], pool, max_side: int, quality: int, window: int):
+def _op_message(error: tf.errors.OpError) -> str:
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
+    return re.sub(r"\s*\[Op:.*$", "", message).splitlines()[0] if message else type(error).__name__
+
+
+def tf_decode_error(data: bytes) -> Optional[str]:
+    """None if TensorFlow's JPEG decoder (the one training reads with) accepts the bytes, else why not.
+
+    PIL shrugs off some corrupt entropy data that libjpeg only warns about; TensorFlow fails on it,
+    which would stop a training run mid-epoch. ratio=8 still reads every byte (the errors are the
+    same) but skips most of the inverse DCT, so the check costs a fraction of a decode.
+    """
+    try:
+        tf.io.decode_jpeg(data, channels=3, ratio=8)
+        return None
+    except tf.errors.OpError as e:
+        return f"corrupt image: TensorFlow's JPEG decoder rejects it ({_op_message(e)})"
+
+
+def _verified(results: list, threads) -> list:
+    """Stored-as-is JPEGs must also pass tf_decode_error; re-encoded ones are ours, valid by making."""
+    kept = [i for i, r in enumerate(results) if not isinstance(r, str) and r.action == "kept"]
+    errors = threads.map(lambda i: tf_decode_error(results[i].data), kept) if threads else map(lambda i: tf_decode_error(results[i].data), kept)
+    results = list(results)
+    for i, error in zip(kept, errors):
+        if error:
+            results[i] = error
+    return results
+
+
+def _prepared(candidates: Iterable[Candidate], pool, threads, max_side: int, quality: int, window: int):
     """(candidate without its bytes, Prepared or skip reason) in candidate order."""
     if pool is None:
-        for c in candidates:
-            yield c._replace(source=None), images.prepare_task((c.source, max_side, quality))
+        for chunk in _chunks(candidates, CHUNK):
+            results = [images.prepare_task((c.source, max_side, quality)) for c in chunk]
+            yield from zip((c._replace(source=None) for c in chunk), _verified(results, threads))
         return
     pending = collections.deque()
 
     def oldest():
         metas, future = pending.popleft()
-        yield from zip(metas, future.result())
+        yield from zip(metas, _verified(future.result(), threads))
 
     for chunk in _chunks(candidates, CHUNK):
         tasks = [(c.source, max_side, quality) for c in chunk]
@@ -214,8 +247,9 @@ def write_dataset(
     """Prepare and write every split of `plans` ({split: SplitPlan}) into `out_dir`.
 
     `class_names=None` derives them from the candidates' texts (labels 0..max). `skipped` holds
-    files the source already rejected; `extra` adds manifest keys; `protect` lists source paths
-    the output must not overlap. Returns the output directory, its manifest and the time taken.
+    what the source rejected (a list it may keep appending to while its candidates are read);
+    `extra` adds manifest keys; `protect` lists source paths the output must not overlap.
+    Returns the output directory, its manifest and the time taken.
     """
     start = time.monotonic()
     out_dir = os.path.abspath(out_dir)
@@ -224,8 +258,8 @@ def write_dataset(
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    pool = None
-    skipped = list(skipped)
+    pool = threads = None
+    rejected = []  # images the workers could not use; `skipped` may still grow while we read
     actions = collections.Counter()
     texts = {}
     bytes_written = 0
@@ -235,17 +269,18 @@ def write_dataset(
     try:
         if workers > 1:
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_worker_context())
+            threads = concurrent.futures.ThreadPoolExecutor(workers)
         window = max(2, workers * IN_FLIGHT_PER_WORKER)
         for split, plan in plans.items():
             writer = _SplitWriter(tmp, split)
             labels = collections.Counter()
             n_shards = max(1, plan.num_shards)
-            results = _prepared(plan.candidates, pool, max_side, quality, window)
+            results = _prepared(plan.candidates, pool, threads, max_side, quality, window)
             for position, (candidate, result) in enumerate(results):
                 bar.update(1)
                 if isinstance(result, str):
-                    skipped.append({"file": candidate.filename, "reason": result})
-                    bar.set_postfix(skipped=len(skipped), refresh=False)
+                    rejected.append({"file": candidate.filename, "reason": result})
+                    bar.set_postfix(skipped=len(skipped) + len(rejected), refresh=False)
                     continue
                 label = int(candidate.label)
                 if class_names is not None:
@@ -277,7 +312,7 @@ def write_dataset(
             class_names=class_names,
             splits=splits,
             options=options,
-            skipped=skipped,
+            skipped=list(skipped) + rejected,
             stats={
                 "stored_as_is": actions["kept"],
                 "reencoded": actions["reencoded"],
@@ -292,6 +327,7 @@ def write_dataset(
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            threads.shutdown(wait=True, cancel_futures=True)
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return Conversion(out_dir, manifest, time.monotonic() - start)

@@ -1,0 +1,409 @@
+"""Export a trained run: float32 rebuild -> SavedModel -> ONNX (+ float16 / int8) -> parity gate.
+
+`export_model(model_dir, ExportConfig)` is the library (the trainer calls it after training);
+`python -m toolkit.export --model_dir DIR [--export_dir DIR]` the entry point. An export dir:
+  saved_model/      serving_default: float32 NHWC images in [0, 255] at the model's size, any
+                    batch -> {probabilities, logits}; serving_bytes: encoded JPEG/PNG strings ->
+                    the same, through the shared evaluation preprocessing
+  model.onnx        input `images` (dynamic batch), outputs probabilities and logits; metadata_props
+                    hold the class names and the preprocessing that stays outside the graph
+  model_fp16.onnx, model_int8.onnx   with --onnx_fp16 / --onnx_int8
+  labels.txt, parity.json, export.json (status "passed" or "failed")
+
+Everything is written into a temporary directory beside the export dir and renamed into place
+at the end, so a crash never leaves a half export; a failed parity gate still puts the artifacts
+in place (for inspection), marked failed in export.json, and then raises ParityError.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":  # before TensorFlow is imported: keep its C++ start-up chatter out of the log
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+import toolkit
+from toolkit import checkpoint as ckpt_lib
+from toolkit import onnx_tools, parity
+from toolkit.config import ExportConfig
+from toolkit.data import preprocess, shards
+from toolkit.models import resnet_v2
+
+EXPORT_RECORD = "export.json"
+PARITY_REPORT = "parity.json"
+LABELS = "labels.txt"
+SAVED_MODEL = "saved_model"
+ONNX_FILES = {"onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
+WEIGHTS = "model.weights.h5"
+BYTES_SIGNATURE = "serving_bytes"
+CALIBRATION_IMAGES = 64  # training images for int8 calibration
+
+
+class ExportError(ValueError):
+    """Bad input to the export (model_dir, export_dir, a setting); one line naming the flag."""
+
+
+class ParityError(RuntimeError):
+    """The exported formats disagree beyond the limits; `result` holds paths and the report."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+def read_run(model_dir: str) -> dict:
+    """run.json of a training directory, checked for what the export needs."""
+    if not model_dir or not os.path.isdir(model_dir):
+        raise ExportError(f"--model_dir: {model_dir!r} is not a directory")
+    try:
+        record = ckpt_lib.load_run_record(model_dir)
+    except ValueError as e:
+        raise ExportError(_one_line(e)) from e
+    if not isinstance(record, dict):
+        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} is not a JSON object")
+    missing = [k for k in ("num_classes", "image_size", "depth") if k not in record]
+    if missing:
+        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} lacks {', '.join(missing)}")
+    names = record.get("class_names")
+    if not names:
+        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} names no classes (class_names); the export needs them")
+    if len(names) != record["num_classes"]:
+        raise ExportError(f"--model_dir: {len(names)} class names for {record['num_classes']} classes in {model_dir}/{ckpt_lib.RUN_RECORD}")
+    return record
+
+
+def rebuild_float32(model_dir: str, record: dict) -> tuple:
+    """(float32 Keras model with the run's final weights, the weights file or checkpoint used).
+
+    The run may have trained under mixed_float16 / mixed_bfloat16, and the trainer's process still
+    has that policy set: the network is rebuilt under float32 (variables are float32 under every
+    policy, so the weights copy exactly) and the caller's policy is restored afterwards.
+    """
+    weights = os.path.join(model_dir, WEIGHTS)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINTS))
+    if not os.path.exists(weights) and not latest:
+        raise ExportError(f"--model_dir: {model_dir} holds neither {WEIGHTS} nor a checkpoint; has training finished?")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = resnet_v2.build_model(record["num_classes"], record["image_size"], record["depth"])
+        source = weights if os.path.exists(weights) else latest
+        try:
+            if source == weights:
+                model.load_weights(weights)
+            else:
+                tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+        except Exception as e:  # noqa: BLE001 - any unreadable weights are a bad model_dir
+            raise ExportError(f"--model_dir: cannot load the weights in {source}: {_one_line(e)}") from e
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    wrong = sorted(({v.dtype for v in model.weights} | {layer.compute_dtype for layer in model.layers}) - {"float32"})
+    if wrong:
+        raise RuntimeError(f"the rebuilt model is not float32 (found {wrong})")
+    return model, source
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel holds: the model's variables, the two serving functions, labels.txt.
+
+    The Keras model itself is deliberately not an attribute: tracking it makes tf.saved_model.save
+    walk and trace every layer (3x slower for ResNet50); the functions only need its variables.
+    """
+
+    def __init__(self, model: keras.Model, image_size: int, labels_path: str):
+        super().__init__()
+        self.model_variables = [v.value for v in model.variables]  # the tf.Variables the functions capture
+        self.labels = tf.saved_model.Asset(labels_path)
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+
+        @tf.function(input_signature=[spec])
+        def serve_images(images):
+            logits = model(preprocess.normalize(images), training=False)
+            return {"probabilities": tf.nn.softmax(logits), "logits": logits}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(image_bytes):
+            images = tf.map_fn(
+                lambda b: preprocess.eval_image(b, image_size),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+            )
+            return serve_images(images)
+
+        self.serve_images, self.serve_bytes = serve_images, serve_bytes
+
+    def save(self, path: str) -> None:
+        tf.saved_model.save(self, path, signatures={"serving_default": self.serve_images, BYTES_SIGNATURE: self.serve_bytes})
+
+
+def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str | None = None) -> dict:
+    """Write the export of `model_dir` (see the module doc) and return what was written.
+
+    The result: passed, failures, export_dir, paths (absolute), seconds per phase, the parity
+    report. Raises ExportError on bad input (before any heavy work) and ParityError after
+    everything is in place when the formats disagree. `data_dir` overrides the run's data (the
+    validation images of the gate, the training images of the int8 calibration). Call it outside
+    any distribution strategy scope.
+    """
+    start = time.time()
+    _check_settings(config)
+    record = read_run(model_dir)
+    target = os.path.abspath(config.export_dir or os.path.join(model_dir, "export"))
+    parent = _check_target(target)
+    info = _dataset(record, data_dir)
+    if config.onnx_int8 and "train" not in info.files:
+        raise ExportError(f"--onnx_int8: {info.data_dir} has no training shards to calibrate on")
+    size, names, layout = record["image_size"], list(record["class_names"]), config.onnx_layout
+    seconds = {}
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        phase = time.time()
+        model, source = rebuild_float32(model_dir, record)
+        seconds["rebuild"] = _lap(phase)
+        log(f"export: rebuilt ResNet{record['depth']}V2 {size}px in float32 from {source} (trained as {record.get('precision', '?')})")
+
+        shards.write_labels(tmp, names)
+        serving = ServingModule(model, size, os.path.join(tmp, LABELS))
+        phase = time.time()
+        serving.save(os.path.join(tmp, SAVED_MODEL))
+        seconds["saved_model"] = _lap(phase)
+        log(f"export: SavedModel written ({seconds['saved_model']:.0f} s)")
+
+        phase = time.time()
+        proto = onnx_tools.convert(serving.serve_images, config.opset, layout)
+        onnx_tools.set_metadata(proto, onnx_tools.model_metadata(names, size, layout, toolkit.__version__))
+        onnx_tools.save(proto, os.path.join(tmp, ONNX_FILES["onnx"]))
+        seconds["onnx"] = _lap(phase)
+        log(f"export: ONNX opset {config.opset} {layout.upper()} written ({seconds['onnx']:.0f} s)")
+        if config.onnx_fp16:
+            phase = time.time()
+            onnx_tools.save(onnx_tools.to_float16(proto), os.path.join(tmp, ONNX_FILES["onnx_fp16"]))
+            seconds["onnx_fp16"] = _lap(phase)
+        del proto
+        if config.onnx_int8:
+            phase = time.time()
+            offset = _label_offset(record)
+            calibration = (b[0] for b in parity.image_batches(info.split_files("train"), size, CALIBRATION_IMAGES, 8, offset))
+            onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]), calibration, layout)
+            seconds["onnx_int8"] = _lap(phase)
+            log(f"export: int8 ONNX calibrated on {CALIBRATION_IMAGES} training images ({seconds['onnx_int8']:.0f} s)")
+
+        phase = time.time()
+        onnx_paths = {k: os.path.join(tmp, f) for k, f in ONNX_FILES.items() if os.path.exists(os.path.join(tmp, f))}
+        report = _measure(model, os.path.join(tmp, SAVED_MODEL), onnx_paths, layout, record, info, config.parity_images, config.parity_atol)
+        seconds["parity"] = _lap(phase)
+        seconds["total"] = _lap(start)
+        parity.write_report(os.path.join(tmp, PARITY_REPORT), report)
+        export_record = {
+            "status": "passed" if report["passed"] else "failed",
+            "failures": report["failures"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model_dir": os.path.abspath(model_dir),
+            "weights": os.path.abspath(source),
+            "toolkit_version": toolkit.__version__,
+            "trained_with_toolkit_version": record.get("toolkit_version"),
+            "trained_precision": record.get("precision"),
+            "exported_dtype": "float32",
+            "depth": record["depth"],
+            "num_classes": len(names),
+            "class_names": names,
+            "image_size": size,
+            "input": {"dtype": "float32", "range": [0, 255], "preprocessing": onnx_tools.preprocessing_text(size, "nhwc")},
+            "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
+            "onnx": {"opset": config.opset, "layout": layout, "input": onnx_tools.INPUT_NAME, "outputs": list(onnx_tools.OUTPUT_NAMES)},
+            "artifacts": {"saved_model": SAVED_MODEL, **{k: ONNX_FILES[k] for k in onnx_paths}, "labels": LABELS, "parity": PARITY_REPORT},
+            "config": dataclasses.asdict(config),
+            "seconds": seconds,
+        }
+        shards.write_json_atomic(os.path.join(tmp, EXPORT_RECORD), export_record)
+        _place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = _result(target, export_record, report)
+    for line in parity.summary_lines(report):
+        log(line)
+    log(f"export: {export_record['status']} in {seconds['total']:.0f} s -> {target}")
+    if not report["passed"]:
+        raise ParityError(f"parity gate failed ({target}/{PARITY_REPORT}): " + "; ".join(report["failures"]), result)
+    return result
+
+
+def verify_export(export_dir: str, model_dir: str | None = None, parity_images: int = 0, atol: float = 1e-4,
+                  data_dir: str | None = None, log=print) -> dict:
+    """Re-run the parity gate on an existing export; rewrites its parity.json and export.json status."""
+    path = os.path.join(export_dir, EXPORT_RECORD)
+    try:
+        with open(path) as f:
+            export_record = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"--export_dir: cannot read {path}: {_one_line(e)}") from e
+    model_dir = model_dir or export_record["model_dir"]
+    record = read_run(model_dir)
+    info = _dataset(record, data_dir)
+    model, _ = rebuild_float32(model_dir, record)
+    artifacts = export_record.get("artifacts", {})
+    onnx_paths = {k: os.path.join(export_dir, artifacts[k]) for k in ONNX_FILES if k in artifacts}
+    layout = export_record.get("onnx", {}).get("layout", "nhwc")
+    report = _measure(model, os.path.join(export_dir, SAVED_MODEL), onnx_paths, layout, record, info, parity_images, atol)
+    parity.write_report(os.path.join(export_dir, PARITY_REPORT), report)
+    export_record.update(status="passed" if report["passed"] else "failed", failures=report["failures"], verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    shards.write_json_atomic(path, export_record)
+    for line in parity.summary_lines(report):
+        log(line)
+    log(f"parity: {export_record['status']} for {export_dir}")
+    return _result(os.path.abspath(export_dir), export_record, report)
+
+
+def _measure(model, saved_model_dir, onnx_paths, layout, record, info, parity_images, atol) -> dict:
+    size = record["image_size"]
+    loaded = tf.saved_model.load(saved_model_dir)
+    serving, serving_bytes = loaded.signatures["serving_default"], loaded.signatures[BYTES_SIGNATURE]
+
+    def keras_run(images):
+        logits = model(preprocess.normalize(images), training=False)
+        return tf.nn.softmax(logits).numpy(), logits.numpy()
+
+    def outputs(result):
+        return result["probabilities"].numpy(), result["logits"].numpy()
+
+    runners = {
+        "keras": keras_run,
+        "saved_model": lambda images: outputs(serving(images=tf.constant(images))),
+        "onnx": onnx_tools.session_runner(onnx_paths["onnx"], layout),
+    }
+    bytes_runner = ("saved_model_bytes", "keras", lambda encoded: outputs(serving_bytes(image_bytes=tf.constant(encoded))))
+    variants = {k: onnx_tools.session_runner(p, layout) for k, p in onnx_paths.items() if k != "onnx"}
+    validation = parity.image_batches(info.split_files("val"), size, parity_images, label_offset=_label_offset(record))
+    return parity.measure(runners, validation, parity.random_images(size), atol, bytes_runner, variants)
+
+
+def _result(target: str, export_record: dict, report: dict) -> dict:
+    paths = {k: os.path.join(target, v) for k, v in export_record["artifacts"].items()}
+    paths["export_record"] = os.path.join(target, EXPORT_RECORD)
+    return {
+        "passed": export_record["status"] == "passed",
+        "failures": export_record["failures"],
+        "export_dir": target,
+        "paths": paths,
+        "seconds": export_record.get("seconds", {}),
+        "parity": report,
+    }
+
+
+def _check_settings(config: ExportConfig) -> None:
+    if config.onnx_layout not in onnx_tools.LAYOUTS:
+        raise ExportError(f"--onnx_layout: must be one of {', '.join(onnx_tools.LAYOUTS)}, got {config.onnx_layout!r}")
+    top = onnx_tools.max_opset()
+    if not onnx_tools.MIN_OPSET <= config.opset <= top:
+        raise ExportError(f"--opset: must be between {onnx_tools.MIN_OPSET} and {top} (tf2onnx's newest), got {config.opset}")
+    if config.parity_images < 0:
+        raise ExportError(f"--parity_images: must be 0 (all) or positive, got {config.parity_images}")
+    if not config.parity_atol >= 0:
+        raise ExportError(f"--parity_atol: must be zero or positive, got {config.parity_atol}")
+
+
+def _check_target(target: str) -> str:
+    """The export dir's parent, created if needed; fails early when the export cannot be written."""
+    parent = os.path.dirname(target)
+    for path in (target, parent):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ExportError(f"--export_dir: {path} exists and is not a directory")
+    if os.path.isdir(target) and os.listdir(target) and not os.path.exists(os.path.join(target, EXPORT_RECORD)):
+        raise ExportError(f"--export_dir: {target} is not empty and holds no earlier export; choose a new directory")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".export-probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as e:
+        raise ExportError(f"--export_dir: cannot write in {parent}: {e.strerror or e}") from e
+    return parent
+
+
+def _dataset(record: dict, data_dir: str | None) -> shards.DatasetInfo:
+    directory = data_dir or record.get("data_dir") or ""
+    try:
+        info = shards.read_dataset_info(directory)
+        info.split_files("val")
+    except ValueError as e:
+        raise ExportError(f"{_one_line(e)} (the parity gate needs the run's validation images; pass --data_dir)") from e
+    return info
+
+
+def _label_offset(record: dict) -> int:
+    return int(record.get("config", {}).get("data", {}).get("label_offset", 0))
+
+
+def _place(tmp: str, target: str) -> None:
+    """Rename the finished export into place; an earlier export there is replaced."""
+    old = None
+    if os.path.isdir(target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
+        os.replace(target, os.path.join(old, "export"))
+    os.replace(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _lap(start: float) -> float:
+    return round(time.time() - start, 2)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --- python -m toolkit.export
+
+
+def config_from_flags(flag_values, record: dict) -> ExportConfig:
+    """ExportConfig from the flags given on the command line, else the run's recorded settings."""
+    recorded = record.get("config", {}).get("export", {}) if isinstance(record, dict) else {}
+    values = {}
+    for field in dataclasses.fields(ExportConfig):
+        flag = flag_values[field.name]
+        values[field.name] = flag.value if flag.present or field.name not in recorded else recorded[field.name]
+    return ExportConfig(**values)
+
+
+def main(argv):
+    from absl import app, flags
+
+    from toolkit.logs import error, log
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS
+    try:
+        try:
+            record = ckpt_lib.load_run_record(FLAGS.model_dir)
+        except ValueError:
+            record = {}  # export_model reports it in one line
+        export_model(FLAGS.model_dir, config_from_flags(FLAGS, record), log=log, data_dir=FLAGS.data_dir or None)
+    except ExportError as e:
+        error(str(e))
+        sys.exit(2)
+    except ParityError as e:
+        error(str(e))
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    from toolkit import flags as flags_lib
+
+    for name in ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8"):
+        flags.declare_key_flag(name, flags_lib.FLAGS)
+    app.run(main)

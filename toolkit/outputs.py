@@ -1,0 +1,80 @@
+"""What the chief leaves in model_dir at the end of a run: weights, plots, summary.json and summary.md."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from toolkit import reports
+from toolkit.data import shards
+
+PREDICTION_GRID = 24
+CONFUSION_LIMIT = 20000  # validation images used for the confusion matrix of a very large set
+
+
+def save_weights(model, model_dir: str) -> str:
+    path = os.path.join(model_dir, "model.weights.h5")
+    tmp = os.path.join(model_dir, ".tmp-model.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def collect_predictions(model, dataset: tf.data.Dataset, limit: int, keep_images: int) -> dict:
+    """Run `model` over (normalized images, labels) batches: labels, predictions, top probability,
+    and the first `keep_images` images back in [0, 255] for display."""
+    labels, predictions, confidence, images = [], [], [], []
+    seen = 0
+    for batch_images, batch_labels in dataset:
+        probs = tf.nn.softmax(tf.cast(model(batch_images, training=False), tf.float32)).numpy()
+        labels.append(batch_labels.numpy())
+        predictions.append(probs.argmax(axis=1))
+        confidence.append(probs.max(axis=1))
+        if sum(len(x) for x in images) < keep_images:
+            images.append(((batch_images.numpy() + 1.0) * 127.5)[: keep_images])
+        seen += len(probs)
+        if seen >= limit:
+            break
+    cat = lambda xs: np.concatenate(xs)[:limit] if xs else np.zeros((0,))  # noqa: E731
+    return {
+        "labels": cat(labels).astype(int),
+        "predictions": cat(predictions).astype(int),
+        "confidence": cat(confidence),
+        "images": np.concatenate(images)[:keep_images] if images else np.zeros((0, 1, 1, 3)),
+    }
+
+
+def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: str) -> dict:
+    """curves.png, predictions.png, confusion_matrix.png/.json; returns their paths."""
+    paths = {}
+    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        paths["curves"] = reports.plot_curves(reports.read_metrics(metrics_path), os.path.join(model_dir, "curves.png"))
+    got = collect_predictions(model, eval_dataset, CONFUSION_LIMIT, PREDICTION_GRID)
+    n = len(got["images"])
+    paths["predictions"] = reports.plot_predictions(
+        got["images"], got["labels"][:n], got["predictions"][:n], class_names,
+        os.path.join(model_dir, "predictions.png"), probabilities=got["confidence"][:n],
+    )
+    counts = reports.confusion_matrix(got["labels"], got["predictions"], len(class_names))
+    paths["confusion_matrix"] = reports.write_confusion(
+        counts, class_names, os.path.join(model_dir, "confusion_matrix.png"), os.path.join(model_dir, "confusion_matrix.json")
+    )
+    return paths
+
+
+def best_epoch(model_dir: str) -> tuple:
+    """(best validation top-1, its epoch) over the whole run, resumed parts included."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    vals = [r for r in reports.read_metrics(path) if r.get("kind") == "val"] if os.path.exists(path) else []
+    if not vals:
+        return float("nan"), None
+    best = max(vals, key=lambda r: r["val_top1"])
+    return best["val_top1"], best["epoch"]
+
+
+def write_summary(summary: dict, model_dir: str) -> None:
+    shards.write_json_atomic(os.path.join(model_dir, "summary.json"), summary)
+    shards.write_text_atomic(os.path.join(model_dir, "summary.md"), reports.summary_markdown(summary))

@@ -1,0 +1,261 @@
+"""The parity gate: do the exported formats compute what the trained model does?
+
+Every format is a function from float32 NHWC images in [0, 255] to (probabilities, logits). They
+run on real validation images (through the shared evaluation preprocessing) and on random images
+at several batch sizes (which also proves the dynamic batch axis). Each pair of formats gets the
+max and mean absolute difference of probabilities and of logits, and top-1 / top-5 agreement;
+the gate passes when every pair stays within `atol` on probabilities with 100% top-1 agreement.
+The float16 and int8 variants are not gated (they are not meant to be exact): the report gives
+their top-1 agreement with the float32 ONNX model and their validation accuracy.
+
+`python -m toolkit.parity --export_dir DIR` re-checks an existing export (after copying it, or
+after touching it) and updates its parity.json and export.json; exit code 3 when the gate fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+RANDOM_BATCH_SIZES = (1, 7, 32)
+BATCH_SIZE = 32
+TOP_K = 5
+
+Runner = Callable[[np.ndarray], tuple]  # images -> (probabilities, logits)
+
+
+def image_batches(
+    files: Sequence[str], image_size: int, limit: int = 0, batch_size: int = BATCH_SIZE, label_offset: int = 0
+) -> Iterator[tuple]:
+    """(float32 NHWC [0, 255] images, encoded bytes, int labels) batches from TFRecord shards, in order.
+
+    Images go through `preprocess.eval_image`, the evaluation view. `limit` 0 reads every record.
+    """
+    import tensorflow as tf
+
+    from toolkit.data import preprocess, schema
+
+    ds = tf.data.TFRecordDataset(sorted(files))
+    if limit:
+        ds = ds.take(limit)
+
+    def parse(record):
+        ex = schema.parse_example(record)
+        encoded = ex[schema.ENCODED]
+        return preprocess.eval_image(encoded, image_size), encoded, tf.cast(ex[schema.LABEL] - label_offset, tf.int32)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    for images, encoded, labels in ds.prefetch(1).as_numpy_iterator():
+        yield images, list(encoded), labels
+
+
+def random_images(image_size: int, batch_sizes: Sequence[int] = RANDOM_BATCH_SIZES, seed: int = 0) -> list:
+    """Uniform noise in [0, 255], one float32 NHWC batch per size."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 255, (n, image_size, image_size, 3)).astype(np.float32) for n in batch_sizes]
+
+
+def collect(runners: dict, batches: Iterable[np.ndarray]) -> dict:
+    """Run every runner on every batch: {name: (probabilities, logits)} concatenated over batches."""
+    parts = {name: ([], []) for name in runners}
+    for batch in batches:
+        for name, run in runners.items():
+            probabilities, logits = run(batch)
+            parts[name][0].append(np.asarray(probabilities, np.float32))
+            parts[name][1].append(np.asarray(logits, np.float32))
+    return {name: (np.concatenate(p), np.concatenate(l)) for name, (p, l) in parts.items() if p}
+
+
+def _top_k_sets(x: np.ndarray, k: int) -> np.ndarray:
+    return np.sort(np.argsort(-x, axis=1, kind="stable")[:, :k], axis=1)
+
+
+def compare(reference: tuple, other: tuple, atol: float) -> dict:
+    """Differences between two formats' (probabilities, logits) on the same images.
+
+    top5_agreement is the fraction of images whose five best classes (fewer with fewer classes)
+    are the same set in both.
+    """
+    (p_ref, l_ref), (p, l) = reference, other
+    if p_ref.shape != p.shape:
+        raise ValueError(f"output shapes differ: {p_ref.shape} vs {p.shape}")
+    k = min(TOP_K, p.shape[1])
+    dp, dl = np.abs(p_ref - p), np.abs(l_ref - l)
+    result = {
+        "images": int(p.shape[0]),
+        "max_abs_diff_probabilities": float(dp.max()),
+        "mean_abs_diff_probabilities": float(dp.mean()),
+        "max_abs_diff_logits": float(dl.max()),
+        "mean_abs_diff_logits": float(dl.mean()),
+        "top1_agreement": float(np.mean(p_ref.argmax(1) == p.argmax(1))),
+        "top5_agreement": float(np.mean(np.all(_top_k_sets(p_ref, k) == _top_k_sets(p, k), axis=1))),
+    }
+    result["passed"] = bool(result["max_abs_diff_probabilities"] <= atol and result["top1_agreement"] == 1.0)
+    return result
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probabilities.argmax(1) == labels)) if len(labels) else float("nan")
+
+
+def measure(
+    runners: dict,
+    validation: Iterable[tuple],
+    random: Sequence[np.ndarray],
+    atol: float,
+    bytes_runner: Optional[tuple] = None,
+    variants: Optional[dict] = None,
+    variant_reference: str = "onnx",
+) -> dict:
+    """The parity report (what parity.json holds).
+
+    runners: {format name: Runner}, every pair is compared and gated. bytes_runner: optional
+    (name, reference, fn(list of encoded bytes) -> outputs), compared with `reference` on the
+    validation images only (the bytes path's preprocessing against the shared pipeline's).
+    variants: {name: Runner} compared with `variant_reference` but not gated.
+    """
+    variants = variants or {}
+    names = list(runners)
+    val_outputs = {name: ([], []) for name in [*names, *variants] + ([bytes_runner[0]] if bytes_runner else [])}
+    labels = []
+    for images, encoded, batch_labels in validation:
+        labels.append(batch_labels)
+        for name, run in {**runners, **variants}.items():
+            _append(val_outputs[name], run(images))
+        if bytes_runner:
+            _append(val_outputs[bytes_runner[0]], bytes_runner[2](encoded))
+    labels = np.concatenate(labels) if labels else np.zeros([0], np.int32)
+    val = {name: (np.concatenate(p), np.concatenate(l)) for name, (p, l) in val_outputs.items() if p}
+    rand = collect(runners, random)
+
+    pairs = {}
+    for a, b in itertools.combinations(names, 2):
+        sets = {}
+        if val:
+            sets["validation"] = compare(val[a], val[b], atol)
+        sets["random"] = compare(rand[a], rand[b], atol)
+        pairs[f"{a} vs {b}"] = {**sets, "passed": all(s["passed"] for s in sets.values())}
+    if bytes_runner and val:
+        name, reference, _ = bytes_runner
+        sets = {"validation": compare(val[reference], val[name], atol)}
+        pairs[f"{reference} vs {name}"] = {**sets, "passed": sets["validation"]["passed"]}
+
+    report = {
+        "passed": False,
+        "criteria": {"max_abs_diff_probabilities": atol, "top1_agreement": 1.0},
+        "images": {
+            "validation": int(len(labels)),
+            "random": int(sum(len(r) for r in random)),
+            "random_batch_sizes": [int(len(r)) for r in random],
+        },
+        "pairs": pairs,
+        "validation_accuracy": {name: accuracy(val[name][0], labels) for name in [*names, *variants] if name in val},
+        "variants": {},
+    }
+    for name in variants:
+        if name in val and variant_reference in val:
+            agreement = compare(val[variant_reference], val[name], atol)
+            report["variants"][name] = {
+                "compared_with": variant_reference,
+                "images": agreement["images"],
+                "top1_agreement": agreement["top1_agreement"],
+                "top5_agreement": agreement["top5_agreement"],
+                "max_abs_diff_probabilities": agreement["max_abs_diff_probabilities"],
+                "validation_accuracy": report["validation_accuracy"][name],
+            }
+    report["failures"] = failures(report)
+    report["passed"] = not report["failures"]
+    return report
+
+
+def _append(parts: tuple, outputs: tuple) -> None:
+    parts[0].append(np.asarray(outputs[0], np.float32))
+    parts[1].append(np.asarray(outputs[1], np.float32))
+
+
+def failures(report: dict) -> list:
+    """One line per gated pair and image set that broke the criteria."""
+    atol = report["criteria"]["max_abs_diff_probabilities"]
+    lines = []
+    for pair, sets in report["pairs"].items():
+        for set_name, r in sets.items():
+            if set_name == "passed" or r["passed"]:
+                continue
+            lines.append(
+                f"{pair} on {r['images']} {set_name} images: max abs diff of probabilities "
+                f"{r['max_abs_diff_probabilities']:.3g} (limit {atol:g}), of logits {r['max_abs_diff_logits']:.3g}, "
+                f"top-1 agreement {r['top1_agreement']:.2%}"
+            )
+    if not report["pairs"]:
+        lines.append("no formats were compared")
+    return lines
+
+
+def summary_lines(report: dict) -> list:
+    """A few lines for the progress log."""
+    lines = []
+    for pair, sets in report["pairs"].items():
+        worst = max((r for k, r in sets.items() if k != "passed"), key=lambda r: r["max_abs_diff_probabilities"])
+        lines.append(
+            f"  {pair}: max |dp| {worst['max_abs_diff_probabilities']:.2e}, max |dlogit| {worst['max_abs_diff_logits']:.2e}, "
+            f"top-1 {min(r['top1_agreement'] for k, r in sets.items() if k != 'passed'):.2%} "
+            f"{'ok' if sets['passed'] else 'FAILED'}"
+        )
+    for name, v in report["variants"].items():
+        lines.append(
+            f"  {name}: top-1 agreement with {v['compared_with']} {v['top1_agreement']:.2%}, "
+            f"validation accuracy {v['validation_accuracy']:.4f} (float32: {report['validation_accuracy'].get(v['compared_with'], float('nan')):.4f})"
+        )
+    return lines
+
+
+def write_report(path: str, report: dict) -> None:
+    from toolkit.data import shards
+
+    shards.write_text_atomic(path, json.dumps(report, indent=2, allow_nan=True) + "\n")
+
+
+# --- python -m toolkit.parity: re-check an existing export
+
+
+def main(argv):
+    from absl import app, flags
+
+    from toolkit import export
+    from toolkit.logs import error, log
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS
+    try:
+        result = export.verify_export(
+            FLAGS.export_dir,
+            model_dir=FLAGS.model_dir if FLAGS["model_dir"].present else None,
+            parity_images=FLAGS.parity_images,
+            atol=FLAGS.parity_atol,
+            data_dir=FLAGS.data_dir or None,
+            log=log,
+        )
+    except ValueError as e:
+        error(str(e).splitlines()[0])
+        sys.exit(2)
+    if not result["passed"]:
+        error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app, flags
+
+    from toolkit import flags as flags_lib
+
+    for name in ("export_dir", "model_dir", "data_dir", "parity_images", "parity_atol"):
+        flags.declare_key_flag(name, flags_lib.FLAGS)
+    app.run(main)
