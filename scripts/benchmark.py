@@ -12,7 +12,9 @@ the shards, flip, resize, normalize, batch) against `keras.utils.image_dataset_f
 the photo folder the shards' manifest names as its source (decode, resize, normalize, batch), at
 the same image and batch size, neither cached. Rounds alternate between the two so a neighbour's
 load hits both alike; each round builds a fresh iterator, discards warm-up batches, then counts
-images for a fixed time. The best round of each is reported (and every round).
+images for a fixed time. The best round of each is reported (and every round), with the CPU time
+per image (process CPU seconds / images: the per-core cost, steadier than images/s on a shared
+machine) and the load average, so a reader can tell a quiet measurement from a busy one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from typing import Callable
@@ -73,17 +76,25 @@ def machine_description() -> dict:
     }
 
 
-def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: int) -> float:
-    """Images/s of a fresh iterator over make_dataset(), after warm-up, over `seconds`."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: int) -> tuple:
+    """(images/s, CPU ms per image) of a fresh iterator over make_dataset(), after warm-up, over
+    `seconds`. CPU time per image is the per-core cost: it hardly moves when other processes
+    share the cores, where images/s does."""
     iterator = iter(make_dataset())
     for _ in range(warmup_batches):
         next(iterator)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while (elapsed := time.perf_counter() - start) < seconds:
         images, _ = next(iterator)
         count += int(images.shape[0])
+    cpu = _cpu_seconds() - cpu
     del iterator
-    return count / elapsed
+    return count / elapsed, 1000.0 * cpu / max(count, 1)
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -139,12 +150,18 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     for _ in range(args.rounds):
         rounds["toolkit"].append(images_per_second(toolkit_dataset, args.seconds, args.warmup_batches))
         rounds["baseline"].append(images_per_second(baseline_dataset, args.seconds, args.warmup_batches))
-    toolkit, baseline = max(rounds["toolkit"]), max(rounds["baseline"])
+    toolkit, baseline = (max(rate for rate, _ in rounds[k]) for k in ("toolkit", "baseline"))
+    toolkit_cpu, baseline_cpu = (min(ms for _, ms in rounds[k]) for k in ("toolkit", "baseline"))
     return {
         "toolkit_images_per_sec": round(toolkit, 1),
         "baseline_images_per_sec": round(baseline, 1),
         "ratio": round(toolkit / baseline, 2),
-        "rounds_images_per_sec": {k: [round(v, 1) for v in vs] for k, vs in rounds.items()},
+        "toolkit_cpu_ms_per_image": round(toolkit_cpu, 3),
+        "baseline_cpu_ms_per_image": round(baseline_cpu, 3),
+        "cpu_ratio": round(baseline_cpu / toolkit_cpu, 2),
+        "rounds_images_per_sec": {k: [round(rate, 1) for rate, _ in vs] for k, vs in rounds.items()},
+        "rounds_cpu_ms_per_image": {k: [round(ms, 3) for _, ms in vs] for k, vs in rounds.items()},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "image_size": size,
         "batch_size": args.batch_size,
         "seconds_per_round": args.seconds,
