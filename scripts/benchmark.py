@@ -31,6 +31,9 @@ from typing import Callable
 
 # scripts/ is not a package: make `toolkit` importable when run from anywhere
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +179,67 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
 register(Section("pipeline", "input pipeline images/s: toolkit shards vs image_dataset_from_directory", run_pipeline, _pipeline_arguments))
 
-QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1}
+# -------------------------------------------------------------------------------------- train
+
+
+def _train_arguments(group) -> None:
+    group.add_argument("--train_variants", default="toolkit_fp32,toolkit_bf16,keras_fit",
+                       help="comma-separated, from: " + ", ".join(bench_train.VARIANTS))
+    group.add_argument("--train_image_size", type=int, default=224)
+    group.add_argument("--train_batch_size", type=int, default=16)
+    group.add_argument("--train_warmup", type=int, default=2, help="untimed steps (tracing, compilation)")
+    group.add_argument("--train_steps", type=int, default=6, help="timed steps per variant")
+
+
+def peak_flops_estimate() -> float | None:
+    """cores x clock x fp32 FLOPs per cycle (2 FMA units: 32 with AVX2, 64 with AVX-512); None if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    if not mhz or "fma" not in flags:
+        return None
+    per_cycle = 64 if "avx512f" in flags else 32
+    return len(mhz) * (sum(mhz) / len(mhz)) * 1e6 * per_cycle
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    variants = [v.strip() for v in args.train_variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in bench_train.VARIANTS]
+    if unknown:
+        raise SystemExit(f"benchmark: --train_variants: unknown {', '.join(unknown)}")
+    size, batch = args.train_image_size, args.train_batch_size
+    forward = bench_train.model_flops_per_image(size)
+    peak = peak_flops_estimate()
+    results = {"image_size": size, "batch_size": batch, "steps": args.train_steps,
+               "model_forward_flops_per_image": forward, "peak_flops_estimate": peak,
+               "data": "one in-memory batch of random images, repeated (the step, not the input, is measured)"}
+    for variant in variants:
+        got = bench_train.run_variant_subprocess(variant, batch, size, args.train_warmup, args.train_steps)
+        if "error" in got:
+            results[f"{variant}_error"] = got["error"]
+            continue
+        rate = got["images_per_sec"]
+        results[f"{variant}_images_per_sec"] = round(rate, 2)
+        achieved = 3 * forward * rate  # forward + backward ~ 3x the forward FLOPs
+        results[f"{variant}_flops_per_sec"] = achieved
+        if peak:
+            results[f"{variant}_share_of_peak"] = round(achieved / peak, 4)
+    base = results.get("keras_fit_images_per_sec")
+    if base:
+        results.update({f"{v}_vs_keras_fit": round(results[f"{v}_images_per_sec"] / base, 2)
+                        for v in variants if v != "keras_fit" and f"{v}_images_per_sec" in results})
+    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+register(Section("train", "training images/s: toolkit loop (fp32/bf16/fp16, XLA) vs keras model.fit", run_train, _train_arguments))
+
+QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1,
+         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -50,3 +50,28 @@ def test_sections_are_a_registry(tmp_path):
     assert result["noop"] == {"value": 1.5} and calls == [7]
     with pytest.raises(SystemExit):
         benchmark.main(["--sections", "pipeline,nonsense"])
+
+
+def test_train_section_quick_measures_each_variant_against_keras_fit(tmp_path):
+    benchmark = load_benchmark()
+    out = tmp_path / "train.json"
+    returned = benchmark.main(["--sections", "train", "--quick", "--json", str(out),
+                               "--train_variants", "toolkit_fp32,keras_fit"])
+    t = json.loads(out.read_text())["train"]
+    assert t == json.loads(json.dumps(returned["train"]))
+    assert t["toolkit_fp32_images_per_sec"] > 0 and t["keras_fit_images_per_sec"] > 0
+    assert t["toolkit_fp32_vs_keras_fit"] == pytest.approx(t["toolkit_fp32_images_per_sec"] / t["keras_fit_images_per_sec"], rel=0.02)
+    assert t["image_size"] == 32
+    # ResNet50V2 forward FLOPs at 224 px are ~7 GFLOPs (2 per multiply-add); at 32 px about 1/49 of that
+    assert 0.08e9 < t["model_forward_flops_per_image"] < 0.25e9
+
+
+def test_flop_counter_on_a_model_counted_by_hand():
+    import keras
+
+    benchmark = load_benchmark()
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3)(inputs)  # 8x8 outputs x 8 filters x (3*3*3) multiply-adds
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5)(x))  # 8 x 5 multiply-adds
+    assert benchmark.bench_train.count_flops(model) == 2 * (8 * 8 * 8 * 27 + 8 * 5)

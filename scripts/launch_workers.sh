@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Start N toolkit.train workers on this host as one MultiWorkerMirroredStrategy job.
+#
+#   scripts/launch_workers.sh N [toolkit.train flags...]
+#   scripts/launch_workers.sh 2 --data_dir shards/ --model_dir runs/mw --batch_size 256
+#
+# Each worker gets its own TF_CONFIG (worker 0 is the chief) naming N free localhost ports, and
+# writes its output to LOG_DIR/worker-<i>.log. The script waits for all of them. If one fails
+# (non-zero exit, killed by a signal) it prints which one and the end of its log, stops the
+# others and exits non-zero. Running the same command again resumes every worker from the
+# chief's last checkpoint in --model_dir.
+#
+# Environment:
+#   LOG_DIR   where the worker logs go (default: a new directory under ${TMPDIR:-/tmp}; printed)
+#   PYTHON    the interpreter (default: python3)
+#   GRACE     seconds the surviving workers get after SIGTERM before SIGKILL (default: 10)
+set -euo pipefail
+
+usage() {
+  echo "usage: $0 N [toolkit.train flags...]   (N >= 1 workers on this host)" >&2
+  exit 2
+}
+[[ $# -ge 1 && $1 =~ ^[0-9]+$ && $1 -ge 1 ]] || usage
+num_workers=$1
+shift
+
+PYTHON=${PYTHON:-python3}
+GRACE=${GRACE:-10}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# the toolkit runs from this checkout even when it is not pip-installed; user paths stay relative
+# to the caller's directory (no cd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+LOG_DIR=${LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/toolkit-workers-XXXXXX")}
+mkdir -p "$LOG_DIR"
+
+# N distinct free ports: bind them all at once so none is handed out twice
+read -r -a ports <<<"$("$PYTHON" - "$num_workers" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("localhost", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+)"
+
+cluster=$("$PYTHON" -c 'import json, sys; print(json.dumps(["localhost:" + p for p in sys.argv[1:]]))' "${ports[@]}")
+
+pids=()
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  local waited=0
+  while ((waited < GRACE * 10)); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap 'echo "launch_workers: interrupted, stopping the workers" >&2; stop_all; exit 130' INT TERM
+
+for ((i = 0; i < num_workers; i++)); do
+  tf_config="{\"cluster\": {\"worker\": $cluster}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
+  TF_CONFIG=$tf_config "$PYTHON" -m toolkit.train "$@" >"$LOG_DIR/worker-$i.log" 2>&1 &
+  pids+=($!)
+done
+echo "launch_workers: $num_workers workers on ports ${ports[*]} (worker 0 is the chief)"
+echo "launch_workers: logs in $LOG_DIR/worker-<i>.log; follow with: tail -f $LOG_DIR/worker-0.log"
+
+remaining=$num_workers
+declare -A done_rc=()
+while ((remaining > 0)); do
+  for ((i = 0; i < num_workers; i++)); do
+    [[ -n ${done_rc[$i]:-} ]] && continue
+    kill -0 "${pids[$i]}" 2>/dev/null && continue
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    done_rc[$i]=$rc
+    remaining=$((remaining - 1))
+    if ((rc != 0)); then
+      if ((rc > 128)); then
+        how="was killed by signal $(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))"
+      else
+        how="exited with code $rc"
+      fi
+      echo "launch_workers: FAILED: worker $i (pid ${pids[$i]}) $how; stopping the other workers." >&2
+      echo "launch_workers: last lines of $LOG_DIR/worker-$i.log:" >&2
+      tail -n 15 "$LOG_DIR/worker-$i.log" | sed 's/^/  | /' >&2
+      stop_all
+      echo "launch_workers: run the same command again to resume every worker from the last checkpoint." >&2
+      exit $((rc > 128 ? 1 : rc))
+    fi
+  done
+  ((remaining > 0)) && sleep 0.5
+done
+echo "launch_workers: all $num_workers workers finished; the chief's log ends with:"
+tail -n 3 "$LOG_DIR/worker-0.log" | sed 's/^/  | /'
