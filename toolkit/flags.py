@@ -7,6 +7,8 @@ flags the user did not set take the demo's defaults (DEMO_DEFAULTS) so that the 
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
 from toolkit import config as cfg
@@ -82,59 +84,22 @@ def _value(name: str):
     return FLAGS[name].value
 
 
+def _section(cls):
+    """A config section from the flags named like its fields (fields without a flag keep their default)."""
+    return cls(**{f.name: _value(f.name) for f in dataclasses.fields(cls) if f.name in FLAGS})
+
+
 def to_config() -> cfg.Config:
-    """Build the frozen Config from the parsed flags, and validate it (ConfigError names the flag)."""
-    v = _value
+    """Build the frozen Config from the parsed flags, and validate it (ConfigError names the flag).
+
+    Flags and config fields share their names: --batch_size is DataConfig.batch_size, and so on
+    (--seed and --deterministic feed both the data and the training sections).
+    """
     config = cfg.Config(
-        data=cfg.DataConfig(
-            data_dir=v("data_dir"),
-            image_size=v("image_size"),
-            batch_size=v("batch_size"),
-            label_offset=v("label_offset"),
-            crop_min_scale=v("crop_min_scale"),
-            cache=v("cache"),
-            shuffle_buffer=v("shuffle_buffer"),
-            deterministic=v("deterministic"),
-            seed=v("seed"),
-        ),
-        model=cfg.ModelConfig(
-            depth=v("depth"),
-            num_classes=v("num_classes"),
-            init_weights=v("init_weights"),
-            freeze_backbone=v("freeze_backbone"),
-            sync_batchnorm=v("sync_batchnorm"),
-        ),
-        train=cfg.TrainConfig(
-            model_dir=v("model_dir"),
-            epochs=v("epochs"),
-            steps_per_epoch=v("steps_per_epoch"),
-            optimizer=v("optimizer"),
-            learning_rate=v("learning_rate"),
-            momentum=v("momentum"),
-            warmup_epochs=v("warmup_epochs"),
-            weight_decay=v("weight_decay"),
-            label_smoothing=v("label_smoothing"),
-            precision=v("precision"),
-            xla=v("xla"),
-            distribution=v("distribution"),
-            cpu_replicas=v("cpu_replicas"),
-            seed=v("seed"),
-            deterministic=v("deterministic"),
-            fresh=v("fresh"),
-            log_every=v("log_every"),
-            checkpoint_every=v("checkpoint_every"),
-            keep_checkpoints=v("keep_checkpoints"),
-        ),
-        export=cfg.ExportConfig(
-            export=v("export"),
-            export_dir=v("export_dir"),
-            opset=v("opset"),
-            onnx_layout=v("onnx_layout"),
-            parity_images=v("parity_images"),
-            parity_atol=v("parity_atol"),
-            onnx_fp16=v("onnx_fp16"),
-            onnx_int8=v("onnx_int8"),
-        ),
+        data=_section(cfg.DataConfig),
+        model=_section(cfg.ModelConfig),
+        train=_section(cfg.TrainConfig),
+        export=_section(cfg.ExportConfig),
     )
     cfg.validate(config)
     return config

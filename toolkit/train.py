@@ -2,7 +2,8 @@
 
 A thin entry point: flags become a frozen Config once, the library does the rest. Expected
 failures (a bad flag, bad data, a diverged loss) end with one line on stderr and exit code 2
-(a bad flag or input, the message names the flag) or 3 (training diverged).
+(a bad flag or input, the message names the flag), 3 (training diverged) or 4 (the
+exported formats disagree: the export's parity gate failed).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def main(argv):
     except training.TrainingDiverged as e:
         error(str(e))
         sys.exit(3)
+    except RuntimeError as e:
+        from toolkit.export import ParityError
+
+        if not isinstance(e, ParityError):
+            raise
+        error(f"export parity gate failed: {str(e).splitlines()[0]} (artifacts kept, marked failed in export.json)")
+        sys.exit(4)
 
 
 def run_main():

@@ -208,11 +208,31 @@ def run(config: Config) -> dict:
             model, pipeline.make_eval_dataset(data_cfg, info.split_files("val")), facts["class_names"], model_dir))
         summary["artifacts"] = artifacts
         outputs.write_summary(summary, model_dir)
+        if config.export.export:
+            _export(model_dir, config, summary)
         log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}), {summary['train_images_per_sec']:.1f} img/s")
         log(f"wrote {model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
             "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
     checkpointer.close()
     return summary
+
+
+def _export(model_dir: str, config: Config, summary: dict) -> None:
+    """Export with the parity gate; the summary records the outcome either way."""
+    from toolkit import export as export_lib
+
+    log("exporting SavedModel and ONNX, then checking that they agree (--noexport skips this)")
+    try:
+        result = export_lib.export_model(model_dir, config.export, log=log)
+    except export_lib.ParityError as e:
+        summary["export"] = {"parity_passed": False, "failures": e.result.get("failures"), "export_dir": e.result.get("export_dir")}
+        outputs.write_summary(summary, model_dir)
+        raise
+    summary["export"] = {"parity_passed": result["passed"], "export_dir": result["export_dir"], "paths": result["paths"],
+                         "seconds": result["seconds"]}
+    summary["artifacts"].update({k: v for k, v in result["paths"].items()})
+    outputs.write_summary(summary, model_dir)
+    log(f"export: parity {'passed' if result['passed'] else 'FAILED'}; artifacts in {result['export_dir']}")
 
 
 class _Speedometer:
