@@ -61,7 +61,7 @@ def measure_toolkit(precision: str, xla: bool, batch: int, size: int, warmup: in
     images, labels = _data(batch, size)
     ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
     it = iter(strategy.experimental_distribute_dataset(ds))
-    seconds = _time_steps(lambda: trainer.train_step(next(it)).numpy(), warmup, steps)
+    seconds = _time_steps(lambda: trainer.train_step(next(it))["loss"].numpy(), warmup, steps)
     return batch * steps / seconds
 
 

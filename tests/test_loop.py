@@ -37,7 +37,7 @@ def test_each_precision_trains_with_finite_falling_loss(precision, xla):
         # fp16 starts at a loss scale of 2^15 that overflows the stem's gradients: the first steps
         # are skipped while the scale halves, as they are on a GPU
         steps = 14 if precision == "fp16" else 6
-        losses = [float(trainer.train_step(batch)) for _ in range(steps)]
+        losses = [float(trainer.train_step(batch)["loss"]) for _ in range(steps)]
         assert all(np.isfinite(losses)), losses
         assert losses[-1] < losses[0] * 0.8, losses
         assert model.get_layer("conv1_conv").compute_dtype == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]

@@ -19,8 +19,8 @@ def test_confusion_matrix_and_per_class_metrics_by_hand():
 
 def test_epoch_curves_average_the_logged_training_losses():
     records = [
-        {"kind": "train", "epoch": 1, "step": 2, "loss": 2.0},
-        {"kind": "train", "epoch": 1, "step": 4, "loss": 1.0},
+        {"kind": "train", "epoch": 1, "step": 2, "loss": 2.0, "top1": 0.25},
+        {"kind": "train", "epoch": 1, "step": 4, "loss": 1.0, "top1": 0.75},
         {"kind": "val", "epoch": 1, "step": 4, "val_loss": 1.2, "val_top1": 0.5},
         {"kind": "train", "epoch": 2, "step": 6, "loss": 0.5},
         {"kind": "val", "epoch": 2, "step": 6, "val_loss": 0.8, "val_top1": 0.75},
@@ -28,6 +28,7 @@ def test_epoch_curves_average_the_logged_training_losses():
     c = reports.epoch_curves(records)
     assert c["epoch"] == [1, 2]
     assert c["train_loss"] == [1.5, 0.5]
+    assert c["train_top1"] == [0.5, None]
     assert c["val_top1"] == [0.5, 0.75]
 
 

@@ -103,6 +103,10 @@ class Trainer:
         self._replica_eval = tf.function(self._replica_eval_step)
         self.train_step = tf.function(self._distributed_train_step)
         self._eval_steps = {}  # element spec -> eval step traced once for it
+        self._bn_statistics = [
+            v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))
+        ]
+        self._sync_statistics = tf.function(lambda: self.strategy.run(self._replica_sync_statistics))
 
     def per_example_loss(self, labels, logits):
         onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
@@ -123,12 +127,35 @@ class Trainer:
         if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
             grads = _agree_on_finiteness(grads)
         self.optimizer.apply(grads, variables)
-        return loss
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+        return {"loss": loss, "correct": correct}
 
     def _distributed_train_step(self, batch):
         images, labels = batch
-        per_replica_loss = self.strategy.run(self._replica_train, args=(images, labels))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
+        per_replica = self.strategy.run(self._replica_train, args=(images, labels))
+        # loss: already divided by the global batch, so the sum over replicas is the global mean;
+        # correct: training top-1 hits of the global batch (under augmentation, in training mode)
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+    def _replica_sync_statistics(self):
+        local = [tf.convert_to_tensor(v.value) for v in self._bn_statistics]
+        means = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, local)
+        for v, mean in zip(self._bn_statistics, means):
+            v.assign(mean)  # aggregation "none": each replica sets its own copy, all to the same mean
+
+    def sync_batchnorm_statistics(self) -> None:
+        """Average BatchNorm's moving means and variances across all replicas (of all workers).
+
+        Keras 3 creates them without cross-replica aggregation, so under a strategy every replica
+        updates its own copy from its own batches and the copies drift apart: replicas would
+        evaluate with different statistics, workers would end with different weights and a
+        checkpoint would keep only the first replica's. The moving averages are linear in the batch
+        statistics, so averaging the copies gives exactly the moving average of the replica-averaged
+        batch statistics, as if every step had synchronized them, for one all-reduce per call.
+        Call it before evaluating and before saving; every worker must call it (a collective).
+        """
+        if self.strategy.num_replicas_in_sync > 1 and self._bn_statistics:
+            self._sync_statistics()
 
     def _replica_eval_step(self, images, labels):
         logits = tf.cast(self.model(images, training=False), tf.float32)

@@ -34,12 +34,14 @@ def read_metrics(path: str) -> list:
 
 
 def epoch_curves(records: Sequence[dict]) -> dict:
-    """Per epoch: mean logged training loss, validation loss and top-1 (the last record wins on repeats)."""
-    train = defaultdict(list)
+    """Per epoch: mean logged training loss and top-1, validation loss and top-1 (the last record wins on repeats)."""
+    train, train_top1 = defaultdict(list), defaultdict(list)
     val = {}
     for r in records:
         if r.get("kind") == "train":
             train[r["epoch"]].append(r["loss"])
+            if "top1" in r:
+                train_top1[r["epoch"]].append(r["top1"])
         elif r.get("kind") == "val":
             val[r["epoch"]] = r
     epochs = sorted(set(train) | set(val))
@@ -48,12 +50,12 @@ def epoch_curves(records: Sequence[dict]) -> dict:
         "train_loss": [float(np.mean(train[e])) if train.get(e) else None for e in epochs],
         "val_loss": [val[e]["val_loss"] if e in val else None for e in epochs],
         "val_top1": [val[e]["val_top1"] if e in val else None for e in epochs],
-        "train_top1": [None for _ in epochs],
+        "train_top1": [float(np.mean(train_top1[e])) if train_top1.get(e) else None for e in epochs],
     }
 
 
 def plot_curves(records: Sequence[dict], path: str) -> str:
-    """Loss (training and validation) and validation top-1 per epoch."""
+    """Loss and top-1 per epoch, training (mean of the logged intervals) and validation."""
     c = epoch_curves(records)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
 
@@ -67,6 +69,7 @@ def plot_curves(records: Sequence[dict], path: str) -> str:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     if any(v is not None and v > 0 for v in c["val_loss"] + c["train_loss"]):
         ax_loss.set_yscale("log")
+    line(ax_acc, "train_top1", "training top-1 (augmented)", "o")
     line(ax_acc, "val_top1", "validation top-1", "s")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):

@@ -7,8 +7,12 @@ checkpoints -> summary -> export. Every write goes to model_dir (the chief's) an
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import random
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -30,11 +34,21 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def resolve_data_dir(config: Config) -> str:
-    """The shard directory to train on; generates the demo dataset when none is given."""
+def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
+    """The shard directory to train on; generates the demo dataset when none is given.
+
+    Only the chief writes into model_dir. Other workers generate their own copy in a temporary
+    directory deleted when they exit: the generator is seeded, so every copy is byte-identical and
+    the per-worker file shares line up, and no worker waits on files another one writes (which
+    would hang when model_dir is not shared).
+    """
     if config.data.data_dir:
         return config.data.data_dir
-    demo_dir = os.path.join(config.train.model_dir, "demo_data")
+    if is_chief:
+        demo_dir = os.path.join(config.train.model_dir, "demo_data")
+    else:
+        demo_dir = tempfile.mkdtemp(prefix="toolkit-worker-demo-")
+        atexit.register(shutil.rmtree, demo_dir, True)
     log(f"no --data_dir: generating the built-in demo dataset in {demo_dir}")
     return sources.write_demo_dataset(demo_dir)
 
@@ -63,15 +77,20 @@ def run(config: Config) -> dict:
     """Train as `config` says and return the summary (also written to model_dir/summary.json)."""
     validate(config)
     t, d, m = config.train, config.data, config.model
-    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas)
+    workers, worker_index, _ = distribute.tf_config_cluster()
+    if workers > 1 and t.distribution in ("auto", "multi_worker"):
+        limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
+        log(f"worker {worker_index} of {workers} (TF_CONFIG): waiting for every worker to join ({limit})")
+    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout)
     validate(config, num_replicas=rt.num_replicas)
     if rt.xla_note:
         log(rt.xla_note)
     _seed_everything(t.seed, t.deterministic)
 
     model_dir = t.model_dir
-    os.makedirs(model_dir, exist_ok=True)
-    data_dir = resolve_data_dir(config)
+    if rt.is_chief:  # the other workers only read model_dir (the chief's checkpoints)
+        os.makedirs(model_dir, exist_ok=True)
+    data_dir = resolve_data_dir(config, rt.is_chief)
     info = shards.read_dataset_info(data_dir)
     num_classes = m.num_classes or info.num_classes
     if not num_classes:
@@ -98,8 +117,8 @@ def run(config: Config) -> dict:
         "xla": rt.xla,
         "config": config.to_dict(),
     }
-    if t.fresh and rt.is_chief:
-        moved = ckpt_lib.set_aside_previous_run(model_dir)
+    if t.fresh:  # the other workers leave model_dir to the chief (it may be moving the old run aside)
+        moved = ckpt_lib.set_aside_previous_run(model_dir) if rt.is_chief else None
         if moved:
             log(f"--fresh: the previous run was moved to {moved}")
     elif os.path.exists(os.path.join(model_dir, ckpt_lib.RUN_RECORD)):
@@ -115,6 +134,13 @@ def run(config: Config) -> dict:
         loop.build_optimizer_state(optimizer, model)
         checkpointer = ckpt_lib.Checkpointer(model_dir, rt.is_chief, t.keep_checkpoints, model=model, optimizer=optimizer)
     restored = None if t.fresh else checkpointer.restore_latest()
+    if rt.num_workers > 1:
+        steps = distribute.gather_from_workers(strategy, int(checkpointer.step.numpy()))
+        if len(set(steps)) > 1:  # every worker raises this, so all of them stop
+            raise ConfigError(
+                f"--model_dir: the workers restored different steps {steps}; every worker must read the chief's "
+                f"{model_dir} (one shared directory: NFS, GCS, a ReadWriteMany volume) and get the same flags"
+            )
     if rt.is_chief:
         ckpt_lib.save_run_record(model_dir, facts)
 
@@ -141,6 +167,7 @@ def run(config: Config) -> dict:
     speed = _Speedometer(d.batch_size, t.warmup_steps_for_speed)
     history, eval_result = [], {}
     iterator = iter(train_ds)
+    interval = []  # (loss, correct) of the steps since the last progress line
     step = start_step
     try:
         for epoch in range(start_epoch, t.epochs):
@@ -148,8 +175,10 @@ def run(config: Config) -> dict:
             first = skip if epoch == start_epoch else 0
             for _ in range(first, steps_per_epoch):
                 speed.start_step()
-                loss = float(trainer.train_step(next(iterator)))
+                out = trainer.train_step(next(iterator))
+                loss, correct = float(out["loss"]), float(out["correct"])
                 speed.end_step()
+                interval.append((loss, correct))
                 step += 1
                 checkpointer.step.assign(step)
                 if not np.isfinite(loss):
@@ -160,10 +189,18 @@ def run(config: Config) -> dict:
                 if step % t.log_every == 0 or step == total_steps:
                     lr = float(optimizer.learning_rate) if not callable(optimizer.learning_rate) else float(optimizer.learning_rate(optimizer.iterations))
                     rate = speed.interval_rate()
-                    log(f"epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} loss {loss:.4f} lr {lr:.5f} {rate:.1f} img/s")
-                    metrics_log.write({"step": step, "epoch": epoch + 1, "loss": loss, "learning_rate": lr, "images_per_sec": rate}, "train")
+                    # means over the steps since the last line, not the noisy value of one step
+                    mean_loss = float(np.mean([x[0] for x in interval]))
+                    top1 = sum(x[1] for x in interval) / (len(interval) * d.batch_size)
+                    interval.clear()
+                    log(f"epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} loss {mean_loss:.4f} top-1 {top1:.3f} "
+                        f"lr {lr:.5f} {rate:.1f} img/s")
+                    metrics_log.write({"step": step, "epoch": epoch + 1, "loss": mean_loss, "top1": top1,
+                                       "learning_rate": lr, "images_per_sec": rate}, "train")
                 if step % t.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                    trainer.sync_batchnorm_statistics()
                     checkpointer.save()
+            trainer.sync_batchnorm_statistics()  # every replica evaluates, and the chief saves, the same statistics
             eval_start = time.time()
             eval_result = trainer.evaluate(eval_ds)
             eval_result["eval_seconds"] = time.time() - eval_start
@@ -213,8 +250,17 @@ def run(config: Config) -> dict:
         log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}), {summary['train_images_per_sec']:.1f} img/s")
         log(f"wrote {model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
             "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
+    # the same on every worker of a multi-worker run: a one-line check that they stayed in sync
+    log(f"final weights sha256 {_weights_digest(model)}")
     checkpointer.close()
     return summary
+
+
+def _weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _export(model_dir: str, config: Config, summary: dict) -> None:

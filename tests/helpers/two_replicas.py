@@ -56,8 +56,8 @@ def main():
     model1, _, trainer1 = make(one, "fp32", initial)
 
     it2, it1 = batches(images, labels, two), batches(images, labels, one)
-    losses2 = [float(trainer2.train_step(next(it2))) for _ in range(2)]
-    losses1 = [float(trainer1.train_step(next(it1))) for _ in range(2)]
+    losses2 = [float(trainer2.train_step(next(it2))["loss"]) for _ in range(2)]
+    losses1 = [float(trainer1.train_step(next(it1))["loss"]) for _ in range(2)]
     w2, w1 = model2.get_weights(), model1.get_weights()
     moved = max(float(np.abs(a - b).max()) for a, b in zip(w1, initial))
     weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
