@@ -33,6 +33,7 @@ from typing import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_inference  # noqa: E402  (scripts/bench_inference.py: the inference section)
 import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
 
 
@@ -238,8 +239,14 @@ def run_train(args: argparse.Namespace) -> dict:
 
 register(Section("train", "training images/s: toolkit loop (fp32/bf16/fp16, XLA) vs keras model.fit", run_train, _train_arguments))
 
+# ---------------------------------------------------------------------------------- inference
+
+register(Section("inference", "inference images/s: ONNX fp32 / int8, SavedModel, Keras one image at a time",
+                 bench_inference.run, bench_inference.add_arguments))
+
 QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1,
-         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2}
+         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2,
+         "inference_image_size": 32, "inference_images": 16, "inference_rounds": 1, "inference_keras_images": 2}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

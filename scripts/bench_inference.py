@@ -1,0 +1,220 @@
+"""The `inference` benchmark section: images/s of each exported format on real photos.
+
+  python scripts/benchmark.py --sections inference --json bench.json
+
+Measured in one process on the same images (the hymenoptera validation photos through the shared
+`preprocess.eval_image`, decoded once, in memory), batch after batch:
+  onnx_fp32    model.onnx in onnxruntime              onnx_int8   model_int8.onnx (static QDQ int8)
+  savedmodel   saved_model/ serving_default in TF     keras_one_by_one   Keras model.predict on one
+                                                      image per call, as our users' notebooks do
+Rounds alternate between the formats so that a neighbour's load hits all alike; the best round
+counts. int8_top1_agreement compares the int8 and float32 ONNX answers on every photo.
+onnx_fp32_end_to_end_images_per_sec is toolkit.inference.predict from the photo files (decoding
+in parallel with the model), what scripts/batch_infer.py achieves.
+
+Without --inference_export_dir an export is built once (and kept in --inference_workdir): the photo
+folder converted to shards, a ResNet50V2 with random weights, toolkit.export.export_model with
+--onnx_int8 (calibrated on the training photos). Its 2-class head is rescaled so that about half
+the photos go to each class; a fresh network gives every photo the same class, which would make
+the int8 agreement trivially 100%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+PHOTOS = os.path.join(SHARED_DATA, "hymenoptera")
+FORMATS = ("onnx_fp32", "onnx_int8", "savedmodel")
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--inference_export_dir", default="", help="export to measure (model.onnx, model_int8.onnx, saved_model/); empty: build one")
+    group.add_argument("--inference_workdir", default=os.path.join(tempfile.gettempdir(), "toolkit-bench-inference"),
+                       help="where the built export is kept and reused")
+    group.add_argument("--inference_photos", default=PHOTOS, help="photo folder with train/ (int8 calibration) and val/ (measured)")
+    group.add_argument("--inference_image_size", type=int, default=224)
+    group.add_argument("--inference_batch_size", type=int, default=32)
+    group.add_argument("--inference_images", type=int, default=0, help="validation photos measured; 0: all")
+    group.add_argument("--inference_rounds", type=int, default=2)
+    group.add_argument("--inference_keras_images", type=int, default=16, help="images given to model.predict one at a time")
+    group.add_argument("--inference_threads", type=int, default=0, help="threads of onnxruntime; 0: its default (every core)")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def spread_head(model, images: np.ndarray) -> None:
+    """Rescale a random 2-class head so that the logit margin over `images` is centred with std 2."""
+    import keras
+
+    from toolkit.data import preprocess
+
+    features = keras.Model(model.input, model.get_layer("predictions").input).predict(preprocess.normalize(images), batch_size=16, verbose=0)
+    dense = model.get_layer("predictions")
+    kernel, _ = (w.numpy() for w in dense.weights)
+    margin = features @ (kernel[:, 1] - kernel[:, 0])
+    scale = 2.0 / max(float(margin.std()), 1e-12)
+    dense.set_weights([kernel * scale, np.array([float(np.median(margin)) * scale, 0.0], np.float32)])
+
+
+def build_export(workdir: str, photos: str, size: int, log=print) -> str:
+    """An export with model.onnx, model_int8.onnx and saved_model/ at `size` px (reused when present)."""
+    import keras
+
+    from toolkit import checkpoint as ckpt_lib
+    from toolkit import export
+    from toolkit.config import Config, ExportConfig
+    from toolkit.data import folder, shards
+    from toolkit.models import resnet_v2
+
+    base = os.path.join(workdir, f"resnet50v2_{size}px")
+    target = os.path.join(base, "export")
+    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, export.EXPORT_RECORD)):
+        log(f"inference: reusing the export in {target}")
+        return target
+    data_dir, model_dir = os.path.join(base, "shards"), os.path.join(base, "run")
+    if not os.path.exists(os.path.join(data_dir, shards.MANIFEST)):
+        folder.convert_folder(photos, data_dir, min_shards=1, progress=False, overwrite=False)
+    info = shards.read_dataset_info(data_dir)
+    keras.utils.set_random_seed(0)
+    model = resnet_v2.build_model(info.num_classes, size)
+    if info.num_classes == 2:
+        spread_head(model, np.concatenate([b[0] for b in _batches(info.split_files("train"), size, 64)]))
+    os.makedirs(model_dir, exist_ok=True)
+    model.save_weights(os.path.join(model_dir, export.WEIGHTS))
+    ckpt_lib.save_run_record(model_dir, {
+        "toolkit_version": "bench", "num_classes": info.num_classes, "class_names": list(info.class_names), "image_size": size,
+        "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
+    })
+    start = time.time()
+    try:
+        export.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, parity_images=32), log=log)
+    except export.ParityError as e:  # the artifacts are in place; the benchmark still measures them
+        log(f"inference: {e}")
+    log(f"inference: export built in {time.time() - start:.0f} s")
+    return target
+
+
+def _batches(files, size, limit):
+    from toolkit import parity
+
+    return parity.image_batches(files, size, limit)
+
+
+def load_images(folder: str, size: int, limit: int) -> tuple:
+    """(float32 [n, size, size, 3] images in [0, 255], their paths) through toolkit.inference."""
+    from toolkit import inference, runtimes
+
+    inputs = inference.list_inputs([folder])
+    if limit:
+        inputs = inference.Inputs(inputs.files[:limit], count=min(limit, len(inputs.files)))
+    # the inference pipeline (file checks, eval_image) with a stand-in model: only the images are wanted
+    stand_in = runtimes.Model("none", "", ("-",), size, lambda x: np.ones((len(x), 1), np.float32))
+    kept = [(r.input, r.image) for r in inference.predict(stand_in, inputs, 64, keep_images=True) if r.ok]
+    return np.stack([image for _, image in kept]), [p for p, _ in kept]
+
+
+def _keras_model(export_dir: str, record: dict):
+    from toolkit import export
+    from toolkit.models import resnet_v2
+
+    try:
+        model, _ = export.rebuild_float32(record["model_dir"], export.read_run(record["model_dir"]))
+        return model
+    except (KeyError, ValueError, OSError):
+        return resnet_v2.build_model(record["num_classes"], record["image_size"], record.get("depth", 50))  # same speed
+
+
+def timed(run, images: np.ndarray, batch: int) -> tuple:
+    """(images/s, CPU ms per image, outputs) of one pass over images."""
+    outputs = []
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    for s in range(0, len(images), batch):
+        outputs.append(np.asarray(run(images[s: s + batch])))
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    return len(images) / elapsed, 1000.0 * cpu / len(images), np.concatenate(outputs)
+
+
+def run(args) -> dict:
+    from toolkit import inference, runtimes
+    from toolkit.data import preprocess
+
+    size = args.inference_image_size
+    export_dir = args.inference_export_dir or build_export(args.inference_workdir, args.inference_photos, size)
+    with open(os.path.join(export_dir, "export.json")) as f:
+        record = json.load(f)
+    if record["image_size"] != size and not args.inference_export_dir:
+        raise SystemExit(f"benchmark: --inference_image_size: {export_dir} is at {record['image_size']} px")
+    size = record["image_size"]
+    val = os.path.join(args.inference_photos, "val")
+    images, paths = load_images(val if os.path.isdir(val) else args.inference_photos, size, args.inference_images)
+
+    threads = args.inference_threads
+    models = {
+        "onnx_fp32": runtimes.load_model(os.path.join(export_dir, "model.onnx"), "onnx", threads),
+        "savedmodel": runtimes.load_model(os.path.join(export_dir, "saved_model"), "savedmodel", threads),
+    }
+    if os.path.exists(os.path.join(export_dir, "model_int8.onnx")):
+        models["onnx_int8"] = runtimes.load_model(os.path.join(export_dir, "model_int8.onnx"), "onnx", threads)
+    batch = args.inference_batch_size
+    for model in models.values():
+        model(images[:batch])  # warm-up: graph optimization, thread pools, first allocations
+    rounds = {name: [] for name in models}
+    outputs = {}
+    for _ in range(args.inference_rounds):
+        for name, model in models.items():
+            rate, cpu_ms, outputs[name] = timed(model, images, batch)
+            rounds[name].append((rate, cpu_ms))
+
+    keras_model = _keras_model(export_dir, record)
+    one = [preprocess.normalize(image[None]).numpy() for image in images[: max(1, args.inference_keras_images)]]
+    for x in one[:2]:
+        keras_model.predict(x, verbose=0)
+    keras_rate, keras_cpu, _ = timed(lambda x: keras_model.predict(preprocess.normalize(x).numpy(), verbose=0), images[: len(one)], 1)
+
+    start = time.perf_counter()
+    scored = sum(r.ok for r in inference.predict(models["onnx_fp32"], inference.Inputs(tuple(paths), count=len(paths)), batch))
+    end_to_end = scored / (time.perf_counter() - start)
+
+    best = {name: max(rate for rate, _ in rs) for name, rs in rounds.items()}
+    results = {f"{name}_images_per_sec": round(best[name], 2) for name in FORMATS if name in best}
+    results["keras_one_by_one_images_per_sec"] = round(keras_rate, 2)
+    if "onnx_int8" in outputs:
+        results["int8_top1_agreement"] = float(np.mean(outputs["onnx_int8"].argmax(1) == outputs["onnx_fp32"].argmax(1)))
+        results["int8_max_abs_diff_probabilities"] = float(np.abs(outputs["onnx_int8"] - outputs["onnx_fp32"]).max())
+    results["onnx_fp32_end_to_end_images_per_sec"] = round(end_to_end, 2)
+    sm = best["savedmodel"]
+    results.update({f"{name}_vs_savedmodel": round(best[name] / sm, 2) for name in ("onnx_fp32", "onnx_int8") if name in best})
+    results["keras_one_by_one_vs_savedmodel"] = round(keras_rate / sm, 3)
+    results["fp32_max_abs_diff_probabilities"] = float(np.abs(outputs["onnx_fp32"] - outputs["savedmodel"]).max())
+    results["targets"] = {
+        "onnx_fp32_at_least_savedmodel": best["onnx_fp32"] >= sm,
+        "onnx_int8_at_least_2x_savedmodel": best.get("onnx_int8", 0) >= 2 * sm,
+        "int8_top1_agreement_at_least_0.99": results.get("int8_top1_agreement", 0) >= 0.99,
+    }
+    predicted = outputs["onnx_fp32"].argmax(1)
+    results.update({
+        "cpu_ms_per_image": {name: round(min(ms for _, ms in rs), 2) for name, rs in rounds.items()} | {"keras_one_by_one": round(keras_cpu, 2)},
+        "rounds_images_per_sec": {name: [round(rate, 2) for rate, _ in rs] for name, rs in rounds.items()},
+        "images": int(len(images)),
+        "keras_images": len(one),
+        "fp32_predicted_class_counts": np.bincount(predicted, minlength=len(record["class_names"])).tolist(),
+        "image_size": size,
+        "batch_size": batch,
+        "threads": threads or "default",
+        "export_dir": os.path.abspath(export_dir),
+        "photos": os.path.abspath(args.inference_photos),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "data": "validation photos through preprocess.eval_image, decoded once and held in memory (the model, not the decode, is measured)",
+    })
+    return results

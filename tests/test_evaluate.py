@@ -1,0 +1,113 @@
+"""toolkit.evaluate on a tiny labelled set of real photos: accuracy and confusion counted by hand.
+
+The hand count uses the SavedModel's own serving_bytes signature on each file (an independent path
+from the evaluator's pipeline and ONNX model) and the true class taken from the file's folder.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import inference_helpers as ih
+from toolkit import evaluate, runtimes
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return ih.tiny_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """3 ants and 6 bees (unequal, so a swap of the classes changes the accuracy), plus a broken file."""
+    root = tmp_path_factory.mktemp("labelled")
+    ants = ih.copy_into(str(root / "ants"), ih.photos("ants", 3, start=30))
+    bees = ih.copy_into(str(root / "bees"), ih.photos("bees", 6, start=30))
+    (root / "bees" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    return str(root), [(p, 0) for p in ants] + [(p, 1) for p in bees]
+
+
+def by_hand(model, labelled):
+    """(correct, confusion counts[true][predicted]) from the SavedModel, one file at a time."""
+    counts = np.zeros((2, 2), int)
+    for path, label in labelled:
+        predicted = int(ih.saved_model_probabilities(model.saved_model, [path])[0].argmax())
+        counts[label][predicted] += 1
+    return int(np.trace(counts)), counts
+
+
+def check_reports(out, metrics, model, labelled):
+    correct, counts = by_hand(model, labelled)
+    assert metrics["images"] == len(labelled) == 9 and metrics["correct"] == correct
+    assert metrics["top1"] == correct / 9
+    assert metrics["confusion_matrix"] == counts.tolist()
+    assert 0 < counts[0, 0] + counts[1, 0] < 9  # both classes are predicted: the count is not trivial
+    assert metrics["top5"] == 1.0 and metrics["top_k"] == 2  # two classes: the top-2 always holds the truth
+    rows = {r["class"]: r for r in metrics["per_class"]}
+    assert rows["ants"]["support"] == 3 and rows["bees"]["support"] == 6
+    assert rows["ants"]["recall"] == counts[0, 0] / 3 and rows["bees"]["recall"] == counts[1, 1] / 6
+    assert rows["ants"]["precision"] == (counts[0, 0] / counts[:, 0].sum() if counts[:, 0].sum() else 0.0)
+    saved = json.load(open(os.path.join(out, "metrics.json")))
+    assert saved["top1"] == metrics["top1"] and saved["failures"] == metrics["failures"]
+    assert json.load(open(os.path.join(out, "confusion_matrix.json")))["matrix"] == counts.tolist()
+    for name in ("confusion_matrix.png", "predictions.png"):
+        with Image.open(os.path.join(out, name)) as image:
+            assert image.format == "PNG" and image.size[0] > 200 and image.size[1] > 200
+    lines = open(os.path.join(out, "predictions.csv")).read().splitlines()
+    assert lines[0].startswith("input,status,label,class_1") and len(lines) == 1 + len(labelled) + len(metrics["failures"])
+
+
+def test_folder_accuracy_equals_the_hand_count(model, labelled, tmp_path):
+    root, files = labelled
+    data = evaluate.read_labelled(root)
+    out = str(tmp_path / "eval")
+    metrics = evaluate.evaluate(runtimes.load_model(model.dir), data, out, batch_size=4, log=lambda _: None)
+    check_reports(out, metrics, model, files)
+    assert metrics["backend"] == "onnx" and metrics["data_format"] == "folder"
+    assert [f["input"] for f in metrics["failures"]] == [os.path.join(root, "bees", "broken.jpg")]
+    assert "corrupt image" in metrics["failures"][0]["reason"]
+
+
+def test_shards_with_other_label_numbers_and_the_savedmodel_give_the_same(model, labelled, tmp_path):
+    _, files = labelled
+    shards_dir = tmp_path / "shards"
+    shards_dir.mkdir()
+    # the shards' class order is reversed and labels count from 1: matched to the model by name
+    ih.write_shard(str(shards_dir / "val-00000-of-00001.tfrecord"), [(p, 2 - label) for p, label in files])
+    (shards_dir / "labels.txt").write_text("bees\nants\n")
+    data = evaluate.read_labelled(str(shards_dir))
+    assert data.source == "tfrecord" and data.class_names == ("bees", "ants")
+    out = str(tmp_path / "eval")
+    metrics = evaluate.evaluate(runtimes.load_model(model.dir, "savedmodel"), data, out, label_offset=1, grid=6, log=lambda _: None)
+    check_reports(out, metrics, model, files)
+    assert metrics["failures"] == []
+
+
+def test_classes_the_model_does_not_know_are_refused():
+    with pytest.raises(runtimes.InferenceError, match="--data: classes wasps are not among"):
+        evaluate.label_mapping(("ants", "wasps"), ("ants", "bees"))
+
+
+def test_the_command_line_writes_every_report(model, labelled, tmp_path):
+    root, _ = labelled
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "toolkit.evaluate", f"--model={model.onnx}", f"--data={root}", f"--out={out}"],
+                          capture_output=True, text=True, env=ih.ENV, cwd=ih.ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["confusion_matrix.json", "confusion_matrix.png", "metrics.json", "predictions.csv", "predictions.png"]
+    assert "evaluate: 9 images (1 could not be scored): top-1" in proc.stdout
+
+
+def test_the_command_line_refuses_a_folder_without_classes_in_one_line(model, tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.jpg").write_bytes(b"x")
+    proc = subprocess.run([sys.executable, "-m", "toolkit.evaluate", f"--model={model.onnx}", f"--data={tmp_path / 'flat'}",
+                           f"--out={tmp_path / 'eval'}"], capture_output=True, text=True, env=ih.ENV, cwd=ih.ROOT, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error")]
+    assert lines == [f"error: --data: {tmp_path / 'flat'} holds neither TFRecord shards nor class subfolders"]

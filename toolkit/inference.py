@@ -1,0 +1,276 @@
+"""Batch inference: a model over many images, through the shared evaluation preprocessing.
+
+  list_inputs(specs)            directories (recursive), globs, image files or TFRecord files
+  check_image(bytes)            None, or why the bytes cannot be scored (cheap: the header)
+  predict(model, inputs, ...)   one Result per input, in input order: probabilities, or the reason
+                                the input could not be scored
+
+The model is a toolkit.runtimes.Model (an exported ONNX model or SavedModel); results are written
+by toolkit.prediction_files.
+
+The pipeline: a Python generator reads each input and checks it cheaply with PIL (empty, not an
+image, unreadable header, too many pixels); tf.data decodes, crops and resizes it with
+`preprocess.eval_image` (the evaluation view used in training) on parallel threads and batches;
+the model runs on the calling thread while the next batches are prepared. An input that passes
+the check but still fails to decode in TensorFlow (a truncated JPEG, a format only PIL reads) is
+dropped by `ignore_errors` and reported with TensorFlow's own reason.
+
+TensorFlow is imported inside the functions that need it: a bad --inputs is reported in one line
+within a second, before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import os
+import re
+import warnings
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from toolkit.data.images import SIGNATURES
+from toolkit.runtimes import InferenceError, Model, one_line
+
+MAX_PIXELS = 100_000_000  # an image decodes to 3 bytes per pixel (x4 as float32) before the resize
+MAX_FILE_BYTES = 1 << 30
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What became of one input: `probabilities` (float32 [classes]) or the `error` that stopped it."""
+
+    index: int
+    input: str
+    label: int = -1  # the stored label (TFRecords) or class folder index (evaluation), -1 when none
+    probabilities: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    image: Optional[np.ndarray] = None  # the model's input view (float32 [0, 255]) when asked for
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def top_k(self, k: int) -> list:
+        """[(class index, probability)] of the k most probable classes, most probable first."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(i), float(self.probabilities[i])) for i in order]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What to score: image files (with optional labels) or TFRecord files (one image per record)."""
+
+    files: tuple
+    tfrecord: bool = False
+    labels: Optional[tuple] = None  # one per image file
+    count: Optional[int] = None  # number of images, when known before reading
+
+    def __len__(self) -> int:
+        return self.count or 0
+
+
+def visible_files(root: str) -> list:
+    """Every file below root, hidden files and folders (".name") left out, sorted per folder."""
+    found = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(directory, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _is_tfrecord(path: str) -> bool:
+    return path.endswith(TFRECORD_SUFFIXES) or bool(re.search(r"-\d{5}-of-\d{5}$", os.path.basename(path)))  # ImageNet-style shard names
+
+
+def list_inputs(specs: Sequence[str]) -> Inputs:
+    """Inputs from --inputs: directories (every visible file below them, sorted), globs, files.
+
+    A directory holding TFRecord files is read as TFRecords (its labels.txt and manifest.json are
+    not images); image files and TFRecord files cannot be mixed in one run.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    files = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            inside = visible_files(spec)
+            records = [f for f in inside if _is_tfrecord(f)]
+            files.extend(records or inside)
+        elif os.path.isfile(spec):
+            files.append(spec)
+        elif glob.has_magic(spec):
+            for match in sorted(glob.glob(spec, recursive=True)):
+                files.extend(visible_files(match) if os.path.isdir(match) else [match])
+        else:
+            raise InferenceError(f"--inputs: {spec} does not exist")
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise InferenceError(f"--inputs: no files in {' '.join(specs)}")
+    records = [f for f in files if _is_tfrecord(f)]
+    if records and len(records) != len(files):
+        raise InferenceError(f"--inputs: mixes TFRecord files ({records[0]}) with other files; give one kind")
+    return Inputs(tuple(files), tfrecord=bool(records), count=None if records else len(files))
+
+
+def _read(inputs: Inputs) -> Iterator[tuple]:
+    """(name, label, encoded bytes or the reason there are none) per image, in order."""
+    if not inputs.tfrecord:
+        labels = inputs.labels or (-1,) * len(inputs.files)
+        for path, label in zip(inputs.files, labels):
+            try:
+                size = os.path.getsize(path)
+                if size > MAX_FILE_BYTES:
+                    yield path, label, f"file too large: {size / 2**20:.0f} MB (the cap is {MAX_FILE_BYTES / 2**20:.0f} MB)"
+                    continue
+                with open(path, "rb") as f:
+                    yield path, label, f.read()
+            except OSError as e:
+                yield path, label, f"unreadable file: {e.strerror or e}"
+        return
+    import tensorflow as tf
+
+    from toolkit.data import schema
+
+    for path in inputs.files:
+        index = 0
+        try:
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                name = f"{path}#{index}"
+                index += 1
+                try:
+                    feature = tf.train.Example.FromString(record).features.feature
+                    encoded = feature[schema.ENCODED].bytes_list.value
+                    label = feature[schema.LABEL].int64_list.value if schema.LABEL in feature else []
+                except Exception as e:  # noqa: BLE001 - a record that is not an Example
+                    yield name, -1, f"not a tf.train.Example: {one_line(e)}"
+                    continue
+                if not encoded:
+                    yield name, -1, f"record has no {schema.ENCODED}"
+                    continue
+                yield name, int(label[0]) if label else -1, encoded[0]
+        except tf.errors.OpError as e:
+            yield f"{path}#{index}", -1, f"corrupt TFRecord file (the rest of it is skipped): {_op_message(e)}"
+
+
+def _signature(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for magic, kind in SIGNATURES if data.startswith(magic)), "")
+
+
+def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Optional[str]:
+    """None if the bytes look like a decodable image of at most max_pixels, else why not.
+
+    Cheap on purpose (the header, and PIL's verify where the format has one): TensorFlow's decode
+    in the pipeline is the full check.
+    """
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                return (f"too many pixels: {width}x{height} = {width * height / 1e6:.1f} megapixels, "
+                        f"over the cap of {max_pixels / 1e6:g} (--max_pixels)")
+            image.verify()
+    except Image.DecompressionBombError as e:
+        return f"too many pixels: {one_line(e)}"
+    except UnidentifiedImageError:
+        kind = _signature(data)
+        return f"corrupt image: a {kind} signature but an unreadable header" if kind else "not an image (unrecognised format)"
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds on malformed files
+        return f"corrupt image: {one_line(e)}"
+    if width <= 0 or height <= 0:
+        return "image has no pixels"
+    return None
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+            keep_images: bool = False) -> Iterator[Result]:
+    """One Result per input, in input order; failures are results too, never exceptions."""
+    import tensorflow as tf
+
+    from toolkit.data import preprocess
+
+    if batch_size < 1:
+        raise InferenceError(f"--batch_size: must be positive, got {batch_size}")
+    size = model.image_size
+    # Inputs between the generator and the model, by index: the generator runs ahead on a tf.data
+    # thread; the loop below settles every index it has passed (CPython dict operations are atomic).
+    pending, failed, state = {}, {}, {"count": 0, "error": None}
+
+    def generate():
+        try:
+            for index, (name, label, data) in enumerate(_read(inputs)):
+                reason = data if isinstance(data, str) else check_image(data, max_pixels)
+                if reason:
+                    failed[index] = (name, label, reason)
+                else:
+                    pending[index] = (name, label, data)
+                state["count"] = index + 1
+                if not reason:
+                    yield index, data
+        except Exception as e:  # noqa: BLE001 - ignore_errors below would swallow it: re-raised at the end
+            state["error"] = e
+
+    signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+    def view(index, encoded):  # the evaluation view of training, the one shared function
+        return index, preprocess.eval_image(encoded, size)
+
+    ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()  # an input TensorFlow cannot decode: dropped here, reported below
+    ds = ds.batch(batch_size).prefetch(2)
+
+    def unscored(start: int, stop: int) -> Iterator[Result]:
+        for i in range(start, stop):
+            if i in failed:
+                name, label, reason = failed.pop(i)
+            else:
+                name, label, data = pending.pop(i)
+                reason = decode_error(data, size)
+            yield Result(i, name, label, error=reason)
+
+    done = 0
+    for indices, images in ds.as_numpy_iterator():
+        probabilities = np.asarray(model(images), np.float32)
+        if probabilities.shape != (len(indices), len(model.class_names)):
+            raise RuntimeError(f"the model returned {probabilities.shape} for {len(indices)} images and {len(model.class_names)} classes")
+        for row, index in enumerate(indices):
+            yield from unscored(done, index)
+            name, label, _ = pending.pop(index)
+            yield Result(int(index), name, label, probabilities[row], image=images[row] if keep_images else None)
+            done = index + 1
+    if state["error"] is not None:
+        raise state["error"]
+    yield from unscored(done, state["count"])
+
+
+def decode_error(data: bytes, image_size: int) -> str:
+    """Why `preprocess.eval_image` rejects these bytes (asked again, eagerly, for the message)."""
+    import tensorflow as tf
+
+    from toolkit.data import preprocess
+
+    try:
+        preprocess.eval_image(tf.constant(data), image_size)
+    except tf.errors.OpError as e:
+        return f"cannot decode: {_op_message(e)}"
+    return "cannot decode: failed in the input pipeline"
+
+
+def _op_message(error) -> str:
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
+    message = re.sub(r"\s*\[Op:.*$", "", message, flags=re.S).strip()
+    return message.splitlines()[0] if message else type(error).__name__

@@ -1,0 +1,169 @@
+"""Exported models as functions: an .onnx file in onnxruntime, a SavedModel in TensorFlow.
+
+  load_model(path, backend, threads) -> Model: float32 NHWC images in [0, 255] -> probabilities,
+  with the class names and image size read from the artifact itself (ONNX metadata_props; the
+  SavedModel's labels.txt asset and serving_default input shape). `path` is an .onnx file, a
+  SavedModel directory or an export directory (its model.onnx, else its saved_model/).
+
+TensorFlow and onnxruntime are imported inside the loaders: resolve_model answers a bad --model in
+one line before either loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+BACKENDS = ("onnx", "savedmodel")
+# The artifact names of an export directory (toolkit.export.ONNX_FILES["onnx"], SAVED_MODEL, LABELS);
+# repeated here to keep this module free of TensorFlow at import, and checked equal by a test.
+EXPORT_ONNX, EXPORT_SAVED_MODEL, EXPORT_LABELS = "model.onnx", "saved_model", "labels.txt"
+PROBABILITIES = "probabilities"
+
+
+class InferenceError(ValueError):
+    """A bad argument (model, inputs, output, a setting); one line naming the flag."""
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded classifier: float32 NHWC images in [0, 255] at image_size -> probabilities."""
+
+    backend: str
+    path: str
+    class_names: tuple
+    image_size: int
+    run: Callable[[np.ndarray], np.ndarray]
+    handle: object = None  # the session / restored object the runner needs alive
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)
+
+
+def resolve_model(path: str, backend: str = "auto") -> tuple:
+    """(backend, artifact path) for --model and --backend; InferenceError when they do not fit."""
+    if backend not in ("auto", *BACKENDS):
+        raise InferenceError(f"--backend: must be auto, {' or '.join(BACKENDS)}, got {backend!r}")
+    if not path:
+        raise InferenceError("--model: must be set")
+    if not os.path.exists(path):
+        raise InferenceError(f"--model: {path} does not exist")
+    if os.path.isfile(path):
+        if not path.endswith(".onnx"):
+            raise InferenceError(f"--model: {path} is neither an .onnx file nor a SavedModel or export directory")
+        found = {"onnx": path}
+    elif os.path.isfile(os.path.join(path, "saved_model.pb")):
+        found = {"savedmodel": path}
+    else:
+        found = {}
+        if os.path.isfile(os.path.join(path, EXPORT_ONNX)):
+            found["onnx"] = os.path.join(path, EXPORT_ONNX)
+        if os.path.isfile(os.path.join(path, EXPORT_SAVED_MODEL, "saved_model.pb")):
+            found["savedmodel"] = os.path.join(path, EXPORT_SAVED_MODEL)
+        if not found:
+            raise InferenceError(f"--model: {path} holds no saved_model.pb, {EXPORT_ONNX} or {EXPORT_SAVED_MODEL}/")
+    if backend == "auto":
+        backend = "onnx" if "onnx" in found else "savedmodel"  # an export's ONNX model is the faster one here
+    if backend not in found:
+        kind = "an ONNX model" if backend == "onnx" else "a SavedModel"
+        raise InferenceError(f"--backend: {path} holds no {kind} for --backend {backend}")
+    return backend, found[backend]
+
+
+def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
+    """The model at `path` (see resolve_model), computing with `threads` threads (0: the library's default)."""
+    if threads < 0:
+        raise InferenceError(f"--threads: must be 0 (default) or positive, got {threads}")
+    backend, path = resolve_model(path, backend)
+    return _load_onnx(path, threads) if backend == "onnx" else _load_saved_model(path, threads)
+
+
+def _labels_near(path: str) -> Optional[list]:
+    """labels.txt beside an artifact or one level up (an export dir holds it beside model.onnx and saved_model/)."""
+    here = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
+    for folder in (here, os.path.dirname(here)):
+        candidate = os.path.join(folder, EXPORT_LABELS)
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return [line.rstrip("\n") for line in f if line.strip()]
+    return None
+
+
+def _class_names(names, num_outputs, path: str) -> tuple:
+    names = list(names or _labels_near(path) or [])
+    if num_outputs and not names:
+        names = [str(i) for i in range(num_outputs)]
+    if num_outputs and len(names) != num_outputs:
+        raise InferenceError(f"--model: {path} names {len(names)} classes but outputs {num_outputs} probabilities")
+    return tuple(names)
+
+
+def _load_onnx(path: str, threads: int) -> Model:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph at a time: the parallelism is inside the convolutions
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+        raise InferenceError(f"--model: cannot load {path}: {one_line(e)}") from e
+    meta = session.get_modelmeta().custom_metadata_map
+    first = session.get_inputs()[0]
+    input_name = meta.get("input_name", first.name)
+    nchw = meta.get("input_layout", "NHWC").upper() == "NCHW"
+    size = meta.get("image_size") or (first.shape[2] if nchw else first.shape[1])
+    if not str(size).isdigit():
+        raise InferenceError(f"--model: {path} says neither its image size (metadata image_size) nor a fixed input shape")
+    outputs = [o for o in session.get_outputs()]
+    output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
+    width = output.shape[-1] if isinstance(output.shape[-1], int) else 0
+    names = _class_names(json.loads(meta["class_names"]) if "class_names" in meta else None, width, path)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if nchw else images
+        return session.run([output.name], {input_name: x})[0]
+
+    return Model("onnx", path, names, int(size), run, session)
+
+
+def _load_saved_model(path: str, threads: int) -> Model:
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # the runtime is already running (a library caller): it keeps its setting
+            pass
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001
+        raise InferenceError(f"--model: cannot load the SavedModel {path}: {one_line(e)}") from e
+    if "serving_default" not in loaded.signatures:
+        raise InferenceError(f"--model: the SavedModel {path} has no serving_default signature")
+    fn = loaded.signatures["serving_default"]
+    (input_name, spec), = fn.structured_input_signature[1].items()
+    if spec.shape.rank != 4 or spec.shape[1] is None:
+        raise InferenceError(f"--model: serving_default of {path} takes {spec.shape}, not [batch, size, size, 3] images")
+    labels = getattr(loaded, "labels", None)
+    names = None
+    if labels is not None and hasattr(labels, "asset_path"):
+        with open(labels.asset_path.numpy().decode()) as f:
+            names = [line.rstrip("\n") for line in f if line.strip()]
+    width = fn.structured_outputs[PROBABILITIES].shape[-1] if PROBABILITIES in fn.structured_outputs else None
+    names = _class_names(names, width or 0, path)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return fn(**{input_name: tf.constant(images, tf.float32)})[PROBABILITIES].numpy()
+
+    return Model("savedmodel", path, names, int(spec.shape[1]), run, loaded)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
