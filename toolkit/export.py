@@ -34,9 +34,9 @@ import tensorflow as tf
 
 import toolkit
 from toolkit import checkpoint as ckpt_lib
-from toolkit import onnx_tools, parity
+from toolkit import onnx_tools, parity, serving
 from toolkit.config import ExportConfig
-from toolkit.data import preprocess, shards
+from toolkit.data import shards
 from toolkit.models import resnet_v2
 
 EXPORT_RECORD = "export.json"
@@ -45,7 +45,6 @@ LABELS = "labels.txt"
 SAVED_MODEL = "saved_model"
 ONNX_FILES = {"onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 WEIGHTS = "model.weights.h5"
-BYTES_SIGNATURE = "serving_bytes"
 CALIBRATION_IMAGES = 64  # training images for int8 calibration
 
 
@@ -113,39 +112,6 @@ def rebuild_float32(model_dir: str, record: dict) -> tuple:
     return model, source
 
 
-class ServingModule(tf.Module):
-    """What the SavedModel holds: the model's variables, the two serving functions, labels.txt.
-
-    The Keras model itself is deliberately not an attribute: tracking it makes tf.saved_model.save
-    walk and trace every layer (3x slower for ResNet50); the functions only need its variables.
-    """
-
-    def __init__(self, model: keras.Model, image_size: int, labels_path: str):
-        super().__init__()
-        self.model_variables = [v.value for v in model.variables]  # the tf.Variables the functions capture
-        self.labels = tf.saved_model.Asset(labels_path)
-        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
-
-        @tf.function(input_signature=[spec])
-        def serve_images(images):
-            logits = model(preprocess.normalize(images), training=False)
-            return {"probabilities": tf.nn.softmax(logits), "logits": logits}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve_bytes(image_bytes):
-            images = tf.map_fn(
-                lambda b: preprocess.eval_image(b, image_size),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
-            )
-            return serve_images(images)
-
-        self.serve_images, self.serve_bytes = serve_images, serve_bytes
-
-    def save(self, path: str) -> None:
-        tf.saved_model.save(self, path, signatures={"serving_default": self.serve_images, BYTES_SIGNATURE: self.serve_bytes})
-
-
 def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str | None = None) -> dict:
     """Write the export of `model_dir` (see the module doc) and return what was written.
 
@@ -173,14 +139,14 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
         log(f"export: rebuilt ResNet{record['depth']}V2 {size}px in float32 from {source} (trained as {record.get('precision', '?')})")
 
         shards.write_labels(tmp, names)
-        serving = ServingModule(model, size, os.path.join(tmp, LABELS))
+        module = serving.ServingModule(model, size, os.path.join(tmp, LABELS))
         phase = time.time()
-        serving.save(os.path.join(tmp, SAVED_MODEL))
+        module.save(os.path.join(tmp, SAVED_MODEL))
         seconds["saved_model"] = _lap(phase)
         log(f"export: SavedModel written ({seconds['saved_model']:.0f} s)")
 
         phase = time.time()
-        proto = onnx_tools.convert(serving.serve_images, config.opset, layout)
+        proto = onnx_tools.convert(module.serve_images, config.opset, layout)
         onnx_tools.set_metadata(proto, onnx_tools.model_metadata(names, size, layout, toolkit.__version__))
         onnx_tools.save(proto, os.path.join(tmp, ONNX_FILES["onnx"]))
         seconds["onnx"] = _lap(phase)
@@ -219,13 +185,14 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
             "class_names": names,
             "image_size": size,
             "input": {"dtype": "float32", "range": [0, 255], "preprocessing": onnx_tools.preprocessing_text(size, "nhwc")},
-            "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
+            "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", serving.BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
             "onnx": {"opset": config.opset, "layout": layout, "input": onnx_tools.INPUT_NAME, "outputs": list(onnx_tools.OUTPUT_NAMES)},
             "artifacts": {"saved_model": SAVED_MODEL, **{k: ONNX_FILES[k] for k in onnx_paths}, "labels": LABELS, "parity": PARITY_REPORT},
             "config": dataclasses.asdict(config),
             "seconds": seconds,
         }
         shards.write_json_atomic(os.path.join(tmp, EXPORT_RECORD), export_record)
+        _make_readable(tmp)
         _place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,18 +209,22 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
 def verify_export(export_dir: str, model_dir: str | None = None, parity_images: int = 0, atol: float = 1e-4,
                   data_dir: str | None = None, log=print) -> dict:
     """Re-run the parity gate on an existing export; rewrites its parity.json and export.json status."""
+    _check_settings(ExportConfig(parity_images=parity_images, parity_atol=atol))
     path = os.path.join(export_dir, EXPORT_RECORD)
     try:
         with open(path) as f:
             export_record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ExportError(f"--export_dir: cannot read {path}: {_one_line(e)}") from e
-    model_dir = model_dir or export_record["model_dir"]
+    artifacts = export_record.get("artifacts", {})
+    onnx_paths = {k: os.path.join(export_dir, artifacts[k]) for k in ONNX_FILES if k in artifacts}
+    for needed in (os.path.join(export_dir, SAVED_MODEL), onnx_paths.get("onnx", os.path.join(export_dir, ONNX_FILES["onnx"])), *onnx_paths.values()):
+        if not os.path.exists(needed):
+            raise ExportError(f"--export_dir: {needed} is missing; is {export_dir} a complete export?")
+    model_dir = model_dir or export_record.get("model_dir", "")
     record = read_run(model_dir)
     info = _dataset(record, data_dir)
     model, _ = rebuild_float32(model_dir, record)
-    artifacts = export_record.get("artifacts", {})
-    onnx_paths = {k: os.path.join(export_dir, artifacts[k]) for k in ONNX_FILES if k in artifacts}
     layout = export_record.get("onnx", {}).get("layout", "nhwc")
     report = _measure(model, os.path.join(export_dir, SAVED_MODEL), onnx_paths, layout, record, info, parity_images, atol)
     parity.write_report(os.path.join(export_dir, PARITY_REPORT), report)
@@ -267,25 +238,15 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
 
 def _measure(model, saved_model_dir, onnx_paths, layout, record, info, parity_images, atol) -> dict:
     size = record["image_size"]
-    loaded = tf.saved_model.load(saved_model_dir)
-    serving, serving_bytes = loaded.signatures["serving_default"], loaded.signatures[BYTES_SIGNATURE]
-
-    def keras_run(images):
-        logits = model(preprocess.normalize(images), training=False)
-        return tf.nn.softmax(logits).numpy(), logits.numpy()
-
-    def outputs(result):
-        return result["probabilities"].numpy(), result["logits"].numpy()
-
+    images_runner, bytes_runner = serving.saved_model_runners(saved_model_dir)
     runners = {
-        "keras": keras_run,
-        "saved_model": lambda images: outputs(serving(images=tf.constant(images))),
+        "keras": serving.keras_runner(model),
+        "saved_model": images_runner,
         "onnx": onnx_tools.session_runner(onnx_paths["onnx"], layout),
     }
-    bytes_runner = ("saved_model_bytes", "keras", lambda encoded: outputs(serving_bytes(image_bytes=tf.constant(encoded))))
     variants = {k: onnx_tools.session_runner(p, layout) for k, p in onnx_paths.items() if k != "onnx"}
     validation = parity.image_batches(info.split_files("val"), size, parity_images, label_offset=_label_offset(record))
-    return parity.measure(runners, validation, parity.random_images(size), atol, bytes_runner, variants)
+    return parity.measure(runners, validation, parity.random_images(size), atol, ("saved_model_bytes", "keras", bytes_runner), variants)
 
 
 def _result(target: str, export_record: dict, report: dict) -> dict:
@@ -355,6 +316,18 @@ def _place(tmp: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _make_readable(root: str) -> None:
+    """Modes as the umask says: mkdtemp/mkstemp make 0700/0600, which a serving user could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for directory, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(directory, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(directory, f), 0o666 & ~umask)
+
+
 def _lap(start: float) -> float:
     return round(time.time() - start, 2)
 
@@ -372,9 +345,21 @@ def config_from_flags(flag_values, record: dict) -> ExportConfig:
     recorded = record.get("config", {}).get("export", {}) if isinstance(record, dict) else {}
     values = {}
     for field in dataclasses.fields(ExportConfig):
-        flag = flag_values[field.name]
-        values[field.name] = flag.value if flag.present or field.name not in recorded else recorded[field.name]
+        flag = flag_values[field.name] if field.name in flag_values else None
+        if flag is not None and (flag.present or field.name not in recorded):
+            values[field.name] = flag.value
+        elif field.name in recorded:
+            values[field.name] = recorded[field.name]
     return ExportConfig(**values)
+
+
+def quiet_tensorflow_logs(flag_values) -> None:
+    """absl's default --verbosity is INFO: TensorFlow then logs every SavedModel detail (one line
+    names each of ~270 captured tensors). Keep warnings only unless --verbosity was given."""
+    from absl import logging as absl_logging
+
+    if not flag_values["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def main(argv):
@@ -385,6 +370,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     FLAGS = flags.FLAGS
+    quiet_tensorflow_logs(FLAGS)
     try:
         try:
             record = ckpt_lib.load_run_record(FLAGS.model_dir)
@@ -396,7 +382,7 @@ def main(argv):
         sys.exit(2)
     except ParityError as e:
         error(str(e))
-        sys.exit(3)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

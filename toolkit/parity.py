@@ -4,12 +4,14 @@ Every format is a function from float32 NHWC images in [0, 255] to (probabilitie
 run on real validation images (through the shared evaluation preprocessing) and on random images
 at several batch sizes (which also proves the dynamic batch axis). Each pair of formats gets the
 max and mean absolute difference of probabilities and of logits, and top-1 / top-5 agreement;
-the gate passes when every pair stays within `atol` on probabilities with 100% top-1 agreement.
+the gate passes when every pair stays within `atol` on probabilities, agrees on every top-1 and
+keeps logits within LOGITS_RTOL of their scale.
 The float16 and int8 variants are not gated (they are not meant to be exact): the report gives
 their top-1 agreement with the float32 ONNX model and their validation accuracy.
 
 `python -m toolkit.parity --export_dir DIR` re-checks an existing export (after copying it, or
-after touching it) and updates its parity.json and export.json; exit code 3 when the gate fails.
+after touching it) and updates its parity.json and export.json; exit code 4 when the gate fails
+(as for toolkit.train and toolkit.export), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import numpy as np
 RANDOM_BATCH_SIZES = (1, 7, 32)
 BATCH_SIZE = 32
 TOP_K = 5
+# Logits are gated too, relative to their scale: a confident model's softmax saturates (a logit
+# gap above ~17 gives probabilities of exactly 1 and 0 in float32), which would hide any logit
+# difference from the probability criterion. Float32 formats differ by 2e-7 to 1e-5 of the
+# scale (a trained 32 px model; a 224 px one with random convolutions); a wrong weight or op by
+# far more than 1e-3.
+LOGITS_RTOL = 1e-3
 
 Runner = Callable[[np.ndarray], tuple]  # images -> (probabilities, logits)
 
@@ -31,15 +39,20 @@ Runner = Callable[[np.ndarray], tuple]  # images -> (probabilities, logits)
 def image_batches(
     files: Sequence[str], image_size: int, limit: int = 0, batch_size: int = BATCH_SIZE, label_offset: int = 0
 ) -> Iterator[tuple]:
-    """(float32 NHWC [0, 255] images, encoded bytes, int labels) batches from TFRecord shards, in order.
+    """(float32 NHWC [0, 255] images, encoded bytes, int labels) batches from TFRecord shards.
 
-    Images go through `preprocess.eval_image`, the evaluation view. `limit` 0 reads every record.
+    Images go through `preprocess.eval_image`, the evaluation view. Records come in the evaluation
+    pipeline's order (shards interleaved one record at a time), so the first `limit` records span
+    every shard; `limit` 0 reads them all.
     """
     import tensorflow as tf
 
     from toolkit.data import preprocess, schema
 
-    ds = tf.data.TFRecordDataset(sorted(files))
+    files = sorted(files)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1
+    )
     if limit:
         ds = ds.take(limit)
 
@@ -59,7 +72,7 @@ def random_images(image_size: int, batch_sizes: Sequence[int] = RANDOM_BATCH_SIZ
     return [rng.uniform(0, 255, (n, image_size, image_size, 3)).astype(np.float32) for n in batch_sizes]
 
 
-def collect(runners: dict, batches: Iterable[np.ndarray]) -> dict:
+def collect(runners: dict[str, Runner], batches: Iterable[np.ndarray]) -> dict:
     """Run every runner on every batch: {name: (probabilities, logits)} concatenated over batches."""
     parts = {name: ([], []) for name in runners}
     for batch in batches:
@@ -78,7 +91,9 @@ def compare(reference: tuple, other: tuple, atol: float) -> dict:
     """Differences between two formats' (probabilities, logits) on the same images.
 
     top5_agreement is the fraction of images whose five best classes (fewer with fewer classes)
-    are the same set in both.
+    are the same set in both. logits_diff_relative is the max abs logit difference over the
+    reference's largest |logit| (at least 1). Passing: probabilities within `atol`, the same top-1
+    everywhere, logits_diff_relative within LOGITS_RTOL.
     """
     (p_ref, l_ref), (p, l) = reference, other
     if p_ref.shape != p.shape:
@@ -91,10 +106,15 @@ def compare(reference: tuple, other: tuple, atol: float) -> dict:
         "mean_abs_diff_probabilities": float(dp.mean()),
         "max_abs_diff_logits": float(dl.max()),
         "mean_abs_diff_logits": float(dl.mean()),
+        "logits_diff_relative": float(dl.max() / max(1.0, float(np.abs(l_ref).max()))),
         "top1_agreement": float(np.mean(p_ref.argmax(1) == p.argmax(1))),
         "top5_agreement": float(np.mean(np.all(_top_k_sets(p_ref, k) == _top_k_sets(p, k), axis=1))),
     }
-    result["passed"] = bool(result["max_abs_diff_probabilities"] <= atol and result["top1_agreement"] == 1.0)
+    result["passed"] = bool(
+        result["max_abs_diff_probabilities"] <= atol
+        and result["top1_agreement"] == 1.0
+        and result["logits_diff_relative"] <= LOGITS_RTOL
+    )
     return result
 
 
@@ -103,12 +123,12 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(
-    runners: dict,
+    runners: dict[str, Runner],
     validation: Iterable[tuple],
     random: Sequence[np.ndarray],
     atol: float,
     bytes_runner: Optional[tuple] = None,
-    variants: Optional[dict] = None,
+    variants: Optional[dict[str, Runner]] = None,
     variant_reference: str = "onnx",
 ) -> dict:
     """The parity report (what parity.json holds).
@@ -146,7 +166,7 @@ def measure(
 
     report = {
         "passed": False,
-        "criteria": {"max_abs_diff_probabilities": atol, "top1_agreement": 1.0},
+        "criteria": {"max_abs_diff_probabilities": atol, "top1_agreement": 1.0, "logits_diff_relative": LOGITS_RTOL},
         "images": {
             "validation": int(len(labels)),
             "random": int(sum(len(r) for r in random)),
@@ -187,11 +207,13 @@ def failures(report: dict) -> list:
                 continue
             lines.append(
                 f"{pair} on {r['images']} {set_name} images: max abs diff of probabilities "
-                f"{r['max_abs_diff_probabilities']:.3g} (limit {atol:g}), of logits {r['max_abs_diff_logits']:.3g}, "
-                f"top-1 agreement {r['top1_agreement']:.2%}"
+                f"{r['max_abs_diff_probabilities']:.3g} (limit {atol:g}), of logits {r['max_abs_diff_logits']:.3g} "
+                f"({r['logits_diff_relative']:.2g} of their scale, limit {LOGITS_RTOL:g}), top-1 agreement {r['top1_agreement']:.2%}"
             )
     if not report["pairs"]:
         lines.append("no formats were compared")
+    if not report["images"]["validation"]:
+        lines.append("no validation images were read: the gate needs real images")
     return lines
 
 
@@ -231,6 +253,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     FLAGS = flags.FLAGS
+    export.quiet_tensorflow_logs(FLAGS)
     try:
         result = export.verify_export(
             FLAGS.export_dir,
@@ -245,7 +268,7 @@ def main(argv):
         sys.exit(2)
     if not result["passed"]:
         error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
-        sys.exit(3)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from toolkit.data import pipeline, shards, sources
 from toolkit.logs import MetricsLog, log
 from toolkit.models import resnet_v2
 
-__version__ = "0.1.0"
+from toolkit import __version__  # noqa: E402,F401  (recorded in run.json)
 # the record fields that must match for a resume to make sense
 _SHAPING_FIELDS = ("num_classes", "image_size", "depth")
 

@@ -1,0 +1,388 @@
+"""toolkit.export end to end on a 32 px ResNet50V2: artifacts, parity gate, dtypes, layouts, failures.
+
+One export (weights trained a step under mixed_bfloat16, exported while that policy is still set,
+as the trainer leaves it) is shared by most tests; a second one covers mixed_float16, a model_dir
+holding only checkpoints, the NCHW layout and replacing an earlier export. tf2onnx runs twice.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+from toolkit import checkpoint as ckpt_lib
+from toolkit import export, onnx_tools
+from toolkit.config import Config, DataConfig, ExportConfig
+from toolkit.data import pipeline, preprocess, shards, sources
+from toolkit.models import resnet_v2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+SIZE = 32
+CLASSES = list(sources.DEMO_CLASSES)
+
+
+@contextlib.contextmanager
+def global_policy(name):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def train_one_step(model, policy, seed=0):
+    """One real SGD step (BN statistics move too), with loss scaling under mixed_float16.
+
+    The learning rate is small: gradients of a fresh ResNet50V2 are huge (norm ~4e4) and a larger
+    step leaves logits of 1e30 in inference mode.
+    """
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.uniform(-1, 1, (4, SIZE, SIZE, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, len(CLASSES), 4))
+    optimizer = keras.optimizers.SGD(1e-3)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        scaled = optimizer.scale_loss(loss)
+    optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
+    return optimizer
+
+
+def write_run(model_dir, data_dir, precision, **overrides):
+    record = {
+        "toolkit_version": "0.1.0",
+        "num_classes": len(CLASSES),
+        "class_names": CLASSES,
+        "image_size": SIZE,
+        "depth": 50,
+        "data_dir": data_dir,
+        "precision": precision,
+        "config": Config().to_dict(),
+        **overrides,
+    }
+    os.makedirs(model_dir, exist_ok=True)
+    ckpt_lib.save_run_record(model_dir, {k: v for k, v in record.items() if v is not None})
+
+
+def make_run(model_dir, data_dir, policy, save="weights"):
+    """A model_dir as the trainer leaves it, trained one step under `policy`; returns the weights."""
+    with global_policy(policy):
+        keras.utils.set_random_seed(1)
+        model = resnet_v2.build_model(len(CLASSES), SIZE, 50)
+        optimizer = train_one_step(model, policy)
+        assert model.layers[5].compute_dtype != "float32"  # really mixed
+        if save == "weights":
+            model.save_weights(os.path.join(model_dir, "model.weights.h5"))
+        else:
+            checkpointer = ckpt_lib.Checkpointer(model_dir, True, 1, model=model, optimizer=optimizer)
+            checkpointer.step.assign(1)
+            checkpointer.save()
+    write_run(model_dir, data_dir, {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}[policy])
+    return [v.numpy() for v in model.weights]
+
+
+def assert_same_weights(model_dir, original):
+    rebuilt, _ = export.rebuild_float32(model_dir, export.read_run(model_dir))
+    assert len(rebuilt.weights) == len(original)
+    for v, w in zip(rebuilt.weights, original):
+        assert v.dtype == "float32"
+        np.testing.assert_array_equal(v.numpy(), w, err_msg=v.path)
+
+
+def assert_float32_artifacts(export_dir):
+    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model"))
+    for name in ("serving_default", "serving_bytes"):
+        outputs = loaded.signatures[name].structured_outputs
+        assert set(outputs) == {"probabilities", "logits"}
+        assert {spec.dtype for spec in outputs.values()} == {tf.float32}, name
+    assert loaded.signatures["serving_default"].structured_input_signature[1]["images"].dtype == tf.float32
+    assert {v.dtype for v in loaded.model_variables} == {tf.float32}
+    path = os.path.join(export_dir, "model.onnx")
+    assert onnx_tools.float_initializer_types(path) == {"FLOAT"}
+    graph = onnx.load(path).graph
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    assert not [n.name for n in graph.node if n.op_type == "Cast" and any(a.name == "to" and a.i in half for a in n.attribute)]
+
+
+def onnx_shape(path):
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return sources.write_demo_dataset(str(tmp_path_factory.mktemp("demo")), train_count=32, val_count=24, image_size=40, num_shards=2)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, demo):
+    model_dir = str(tmp_path_factory.mktemp("bf16_run"))
+    weights = make_run(model_dir, demo, "mixed_bfloat16")
+    lines = []
+    with global_policy("mixed_bfloat16"):  # the trainer's process still has its policy set
+        result = export.export_model(model_dir, ExportConfig(onnx_fp16=True, onnx_int8=True), log=lines.append)
+        policy_after = keras.mixed_precision.global_policy().name
+    return types.SimpleNamespace(result=result, dir=result["export_dir"], model_dir=model_dir, weights=weights,
+                                 lines=lines, policy_after=policy_after)
+
+
+def test_export_writes_every_artifact_and_passes(exported):
+    r = exported.result
+    assert r["passed"] and r["failures"] == []
+    assert r["export_dir"] == os.path.join(exported.model_dir, "export")  # the default place
+    assert sorted(os.listdir(r["export_dir"])) == sorted(
+        ["saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "labels.txt", "parity.json", "export.json"]
+    )
+    assert not [n for n in os.listdir(exported.model_dir) if ".tmp-" in n or ".old-" in n]
+    record = json.load(open(r["paths"]["export_record"]))
+    assert record["status"] == "passed" and record["class_names"] == CLASSES and record["trained_precision"] == "bf16"
+    assert record["exported_dtype"] == "float32" and record["weights"].endswith("model.weights.h5")
+    assert open(r["paths"]["labels"]).read().split() == CLASSES
+    assert any(line.startswith("export: passed") for line in exported.lines)
+
+
+def test_parity_report_covers_every_pair_on_validation_and_random_batches(exported):
+    report = json.load(open(exported.result["paths"]["parity"]))
+    assert report["passed"] and report["images"] == {"validation": 24, "random": 40, "random_batch_sizes": [1, 7, 32]}
+    assert set(report["pairs"]) == {"keras vs saved_model", "keras vs onnx", "saved_model vs onnx", "keras vs saved_model_bytes"}
+    for name, pair in report["pairs"].items():
+        for set_name in ("validation", "random") if "bytes" not in name else ("validation",):
+            r = pair[set_name]
+            assert r["max_abs_diff_probabilities"] <= 1e-4 and r["top1_agreement"] == 1.0, (name, set_name, r)
+            assert r["max_abs_diff_logits"] <= 1e-4 and 0 <= r["mean_abs_diff_logits"] <= r["max_abs_diff_logits"]
+            assert r["logits_diff_relative"] <= 1e-5
+            assert r["top5_agreement"] == 1.0
+
+
+def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(exported):
+    paths, report = exported.result["paths"], exported.result["parity"]
+    assert onnx_tools.float_initializer_types(paths["onnx_fp16"]) == {"FLOAT16"}
+    int8 = onnx.load(paths["onnx_int8"])
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in int8.graph.initializer)
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    assert os.path.getsize(paths["onnx_int8"]) < os.path.getsize(paths["onnx_fp16"]) < os.path.getsize(paths["onnx"])
+    for name in ("onnx_fp16", "onnx_int8"):
+        assert onnx_shape(paths[name]) == ["batch", SIZE, SIZE, 3]  # float32 input: clients change nothing
+        v = report["variants"][name]
+        assert v["compared_with"] == "onnx" and v["images"] == 24
+        assert 0 <= v["top1_agreement"] <= 1 and 0 <= v["validation_accuracy"] <= 1
+    assert report["variants"]["onnx_fp16"]["top1_agreement"] >= 0.9
+    assert onnx_tools.read_metadata(paths["onnx_int8"])["weights_precision"].startswith("int8")
+
+
+def test_bf16_trained_model_exports_float32_and_the_policy_is_restored(exported):
+    assert exported.policy_after == "mixed_bfloat16"
+    assert_float32_artifacts(exported.dir)
+    assert_same_weights(exported.model_dir, exported.weights)
+
+
+def test_onnx_has_a_dynamic_batch_and_says_what_to_feed_it(exported):
+    path = exported.result["paths"]["onnx"]
+    assert onnx_shape(path) == ["batch", SIZE, SIZE, 3]
+    meta = onnx_tools.read_metadata(path)
+    assert json.loads(meta["class_names"]) == CLASSES and meta["image_size"] == str(SIZE)
+    assert meta["input_range"] == "[0, 255]" and meta["input_layout"] == "NHWC" and meta["toolkit_version"]
+    assert "eval_image" in meta["preprocessing"] and "0.875" in meta["preprocessing"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert {o.name for o in session.get_outputs()} == {"probabilities", "logits"}
+    for n in (1, 3, 17):
+        probabilities, logits = session.run(["probabilities", "logits"], {"images": np.full((n, SIZE, SIZE, 3), 128, np.float32)})
+        assert probabilities.shape == logits.shape == (n, len(CLASSES))
+        np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_bytes_signature_matches_the_evaluation_pipeline(exported, demo):
+    files = shards.read_dataset_info(demo).split_files("val")  # one shard: file order is pipeline order
+    images, labels = next(iter(pipeline.make_eval_dataset(DataConfig(data_dir=demo, image_size=SIZE, batch_size=6), files)))
+    encoded = [ex.numpy() for ex, _ in zip(tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(
+        r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]), range(6))]
+    png = tf.io.encode_png(tf.io.decode_jpeg(encoded[0])).numpy()
+    model, _ = export.rebuild_float32(exported.model_dir, export.read_run(exported.model_dir))
+    expected = model(tf.concat([images, preprocess.eval_input(png, SIZE)[None]], 0), training=False).numpy()
+
+    loaded = tf.saved_model.load(os.path.join(exported.dir, "saved_model"))
+    got = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded + [png]))
+    np.testing.assert_allclose(got["logits"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(got["probabilities"].numpy(), tf.nn.softmax(expected).numpy(), atol=1e-6)
+    assert len(set(labels.numpy())) > 1  # real, varied records
+
+
+def test_saved_model_runs_in_a_fresh_process_without_toolkit(exported, demo, tmp_path):
+    jpeg = next(iter(tf.data.TFRecordDataset(shards.read_dataset_info(demo).split_files("val")))).numpy()
+    record = tf.train.Example.FromString(jpeg).features.feature["image/encoded"].bytes_list.value[0]
+    (tmp_path / "x.jpg").write_bytes(record)
+    code = f"""
+import sys, numpy as np, tensorflow as tf
+m = tf.saved_model.load({os.path.join(exported.dir, 'saved_model')!r})
+print(sorted(m.signatures))
+a = m.signatures["serving_default"](images=tf.zeros([3, {SIZE}, {SIZE}, 3]))
+b = m.signatures["serving_bytes"](image_bytes=tf.constant([open("x.jpg", "rb").read()] * 2))
+print(a["probabilities"].shape, b["logits"].shape, a["probabilities"].dtype.name)
+print(open(m.labels.asset_path.numpy().decode()).read().split())
+assert "toolkit" not in sys.modules
+"""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-3:] == ["['serving_bytes', 'serving_default']", "(3, 4) (2, 4) float32", str(CLASSES)]
+
+
+def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tmp_path):
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+    from toolkit import parity
+
+    copy = tmp_path / "export"
+    shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx"))
+    record = json.load(open(copy / "export.json"))
+    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in ("onnx_fp16", "onnx_int8")}
+    (copy / "export.json").write_text(json.dumps(record))
+    model = onnx.load(str(copy / "model.onnx"))
+    heads = [t for t in model.graph.initializer if list(t.dims) == [len(CLASSES)] and t.data_type == onnx.TensorProto.FLOAT]
+    assert len(heads) == 1  # the classifier's bias
+    bias = onnx.numpy_helper.to_array(heads[0]).copy()
+    bias[0] += 1.0
+    heads[0].CopyFrom(onnx.numpy_helper.from_array(bias, heads[0].name))
+    onnx.save(model, str(copy / "model.onnx"))
+
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.parity", f"--export_dir={copy}", "--parity_images=8"])
+        with pytest.raises(SystemExit) as exit_info:
+            parity.main(["toolkit.parity"])
+    assert exit_info.value.code == 4  # the trainer's code for a failed gate too
+    report = json.load(open(copy / "parity.json"))
+    assert not report["passed"] and report["pairs"]["keras vs saved_model"]["passed"]
+    assert not report["pairs"]["keras vs onnx"]["passed"] and not report["pairs"]["saved_model vs onnx"]["passed"]
+    assert report["failures"] and all("onnx" in line for line in report["failures"])
+    assert json.load(open(copy / "export.json"))["status"] == "failed"
+    assert json.load(open(os.path.join(exported.dir, "export.json")))["status"] == "passed"  # the original is untouched
+
+
+def test_fp16_trained_checkpoint_exports_float32_with_an_nchw_onnx_over_an_earlier_export(tmp_path, demo):
+    model_dir, target = str(tmp_path / "run"), tmp_path / "deploy"
+    weights = make_run(model_dir, demo, "mixed_float16", save="checkpoint")
+    assert not os.path.exists(os.path.join(model_dir, "model.weights.h5"))
+    target.mkdir()
+    (target / "export.json").write_text('{"status": "passed"}')
+    (target / "stale.onnx").write_text("from an earlier export")
+    with global_policy("mixed_float16"):
+        result = export.export_model(
+            model_dir, ExportConfig(export_dir=str(target), onnx_layout="nchw", opset=15, parity_images=8), log=lambda _: None
+        )
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    assert result["passed"] and result["parity"]["images"]["validation"] == 8
+    assert not (target / "stale.onnx").exists() and (target / "model.onnx").exists()
+    record = json.load(open(target / "export.json"))
+    assert "checkpoints" in record["weights"] and record["onnx"]["layout"] == "nchw" and record["trained_precision"] == "fp16"
+    path = str(target / "model.onnx")
+    assert onnx_shape(path) == ["batch", 3, SIZE, SIZE] and onnx_tools.read_metadata(path)["input_layout"] == "NCHW"
+    assert onnx.load(path).opset_import[0].version == 15
+    assert_float32_artifacts(str(target))
+    assert_same_weights(model_dir, weights)
+
+
+def test_a_crash_mid_export_leaves_the_earlier_export_alone(exported, tmp_path, monkeypatch):
+    target = tmp_path / "deploy"
+    target.mkdir()
+    (target / "export.json").write_text('{"status": "passed"}')
+
+    def crash(self, path):
+        os.makedirs(path)
+        open(os.path.join(path, "saved_model.pb"), "w").write("half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export.serving.ServingModule, "save", crash)
+    with pytest.raises(OSError, match="No space"):
+        export.export_model(exported.model_dir, ExportConfig(export_dir=str(target)), log=lambda _: None)
+    assert os.listdir(tmp_path) == ["deploy"] and os.listdir(target) == ["export.json"]
+
+
+def _bad_inputs(tmp_path, demo, case):
+    """(model_dir, ExportConfig) for one failure case."""
+    run = str(tmp_path / "run")
+    config = ExportConfig(export_dir=str(tmp_path / "out" / "export"))
+    if case == "missing model_dir":
+        return str(tmp_path / "nowhere"), config
+    write_run(run, demo, "fp32")
+    open(os.path.join(run, "model.weights.h5"), "wb").write(b"\x89HDF\r\n\x1a\n truncated")
+    if case == "corrupt run.json":
+        open(os.path.join(run, "run.json"), "w").write('{"num_classes": 4, ')
+    elif case == "no class names":
+        write_run(run, demo, "fp32", class_names=None)
+    elif case == "no weights":
+        os.remove(os.path.join(run, "model.weights.h5"))
+    elif case == "data gone":
+        write_run(run, str(tmp_path / "moved"), "fp32")
+    elif case == "export_dir under a file":
+        open(tmp_path / "file", "w").write("x")
+        config = ExportConfig(export_dir=str(tmp_path / "file" / "export"))
+    elif case == "export_dir holds other things":
+        os.makedirs(config.export_dir)
+        open(os.path.join(config.export_dir, "notes.txt"), "w").write("mine")
+    elif case == "bad layout":
+        config = ExportConfig(onnx_layout="chwn")
+    elif case == "bad opset":
+        config = ExportConfig(opset=99)
+    return run, config
+
+
+@pytest.mark.parametrize(
+    "case, flag, words",
+    [
+        ("missing model_dir", "--model_dir", "not a directory"),
+        ("corrupt run.json", "--model_dir", "cannot read"),
+        ("no class names", "--model_dir", "names no classes"),
+        ("no weights", "--model_dir", "neither model.weights.h5 nor a checkpoint"),
+        ("corrupt weights", "--model_dir", "cannot load the weights"),
+        ("data gone", "--data_dir", "not a directory"),
+        ("export_dir under a file", "--export_dir", "not a directory"),
+        ("export_dir holds other things", "--export_dir", "not empty"),
+        ("bad layout", "--onnx_layout", "nhwc"),
+        ("bad opset", "--opset", "99"),
+    ],
+)
+def test_bad_inputs_fail_in_one_line_naming_the_flag(tmp_path, demo, case, flag, words):
+    model_dir, config = _bad_inputs(tmp_path, demo, case)
+    with pytest.raises(export.ExportError) as info:
+        export.export_model(model_dir, config, log=lambda _: None)
+    message = str(info.value)
+    assert message.startswith(flag + ":") and words in message and "\n" not in message
+    leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(tmp_path) for n in dirs + files if ".tmp-" in n]
+    assert not leftovers and not os.path.exists(os.path.join(model_dir, "export"))
+
+
+def test_cli_exits_2_with_one_line_for_a_bad_model_dir(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.export", f"--model_dir={tmp_path / 'nowhere'}", f"--export_dir={tmp_path / 'e'}"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --model_dir:") and "Traceback" not in proc.stderr
+
+
+def test_flags_given_override_the_runs_recorded_export_settings():
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+
+    recorded = {"config": {"export": {"onnx_int8": True, "opset": 13, "export_dir": "/srv/models/x"}}}
+    with flagsaver.flagsaver():
+        flags_lib.FLAGS(["toolkit.export", "--opset=15", "--onnx_layout=nchw"])
+        config = export.config_from_flags(flags_lib.FLAGS, recorded)
+    assert (config.opset, config.onnx_layout, config.onnx_int8, config.export_dir) == (15, "nchw", True, "/srv/models/x")
+    assert config.parity_atol == 1e-4 and not config.onnx_fp16

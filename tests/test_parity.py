@@ -1,0 +1,150 @@
+"""The parity report and gate on synthetic outputs, and the gate's images against the eval pipeline."""
+
+import numpy as np
+import pytest
+
+from toolkit import parity
+
+NUM_CLASSES = 10
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def linear_model(images, shift=0.0):
+    """A deterministic stand-in for a format: logits from the first pixels of each image."""
+    flat = np.asarray(images, np.float32).reshape(len(images), -1)
+    logits = flat[:, :NUM_CLASSES] / 25.0 + shift
+    return softmax(logits), logits
+
+
+def batches(n, size=8, batch=4, seed=1):
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, batch):
+        k = min(batch, n - start)
+        images = rng.uniform(0, 255, (k, size, size, 3)).astype(np.float32)
+        yield images, [b"x"] * k, rng.integers(0, NUM_CLASSES, k)
+
+
+def test_identical_outputs_pass_with_zero_difference():
+    outputs = linear_model(np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)))
+    r = parity.compare(outputs, outputs, atol=1e-4)
+    assert r["passed"] and r["images"] == 6
+    assert r["max_abs_diff_probabilities"] == 0 and r["max_abs_diff_logits"] == 0
+    assert r["top1_agreement"] == 1.0 and r["top5_agreement"] == 1.0
+
+
+def test_a_difference_above_the_limit_fails_and_one_below_passes():
+    p, l = linear_model(np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)))
+    nudged = p.copy()
+    nudged[2, 3] += 5e-5
+    assert parity.compare((p, l), (nudged, l), atol=1e-4)["passed"]
+    nudged[2, 3] += 1e-4
+    r = parity.compare((p, l), (nudged, l), atol=1e-4)
+    assert not r["passed"] and r["max_abs_diff_probabilities"] == pytest.approx(1.5e-4, rel=1e-3)
+
+
+def test_top1_and_top5_agreement_count_what_they_say():
+    logits = np.tile(np.arange(NUM_CLASSES, dtype=np.float32)[::-1], (4, 1))  # class 0 best, 9 worst
+    swapped_top1 = logits.copy()
+    swapped_top1[0, [0, 1]] = swapped_top1[0, [1, 0]]  # image 0: top-1 changes, top-5 set does not
+    swapped_fifth = logits.copy()
+    swapped_fifth[1, [4, 5]] = swapped_fifth[1, [5, 4]]  # image 1: top-1 same, top-5 set changes
+    ref = (softmax(logits), logits)
+    r1 = parity.compare(ref, (softmax(swapped_top1), swapped_top1), atol=1.0)
+    r5 = parity.compare(ref, (softmax(swapped_fifth), swapped_fifth), atol=1.0)
+    assert r1["top1_agreement"] == 0.75 and r1["top5_agreement"] == 1.0 and not r1["passed"]
+    assert r5["top1_agreement"] == 1.0 and r5["top5_agreement"] == 0.75
+
+
+def test_logit_differences_hidden_by_a_saturated_softmax_still_fail():
+    logits = np.array([[40.0, 0.0, -3.0], [-5.0, 60.0, 1.0]], np.float32)
+    shifted = logits.copy()
+    shifted[0, 2] += 2.0  # a real difference, invisible after the softmax
+    p, q = softmax(logits), softmax(shifted)
+    assert np.abs(p - q).max() < 1e-12
+    r = parity.compare((p, logits), (q, shifted), atol=1e-4)
+    assert not r["passed"] and r["max_abs_diff_probabilities"] < 1e-4 and r["top1_agreement"] == 1.0
+    assert r["logits_diff_relative"] == pytest.approx(2.0 / 60.0)
+    tiny = logits + np.float32(1e-5) * logits  # float32-rounding-sized differences pass
+    assert parity.compare((p, logits), (softmax(tiny), tiny), atol=1e-4)["passed"]
+
+
+def test_top5_with_fewer_than_five_classes_compares_every_class():
+    logits = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
+    assert parity.compare((softmax(logits), logits), (softmax(logits), logits), 1e-4)["top5_agreement"] == 1.0
+
+
+def test_measure_finds_a_format_wrong_only_at_one_batch_size():
+    def breaks_at_seven(images):
+        return linear_model(images, shift=np.float32(3.0) * (np.arange(NUM_CLASSES) == 0)) if len(images) == 7 else linear_model(images)
+
+    report = parity.measure(
+        {"ref": linear_model, "other": breaks_at_seven},
+        batches(10),
+        parity.random_images(8, seed=3),
+        atol=1e-4,
+    )
+    pair = report["pairs"]["ref vs other"]
+    assert pair["validation"]["passed"] and not pair["random"]["passed"] and not report["passed"]
+    assert report["images"] == {"validation": 10, "random": 40, "random_batch_sizes": [1, 7, 32]}
+    assert len(report["failures"]) == 1
+    assert "ref vs other" in report["failures"][0] and "random" in report["failures"][0]
+
+
+def test_every_pair_is_compared_and_the_bytes_path_on_validation_only():
+    report = parity.measure(
+        {"a": linear_model, "b": linear_model, "c": linear_model},
+        batches(6),
+        parity.random_images(8, batch_sizes=(1, 2)),
+        atol=1e-4,
+        bytes_runner=("a_bytes", "a", lambda encoded: linear_model(np.zeros((len(encoded), 8, 8, 3)))),
+    )
+    assert set(report["pairs"]) == {"a vs b", "a vs c", "b vs c", "a vs a_bytes"}
+    assert set(report["pairs"]["a vs a_bytes"]) == {"validation", "passed"}
+    assert not report["pairs"]["a vs a_bytes"]["passed"]  # zeros instead of the images
+    assert all(report["pairs"][p]["passed"] for p in ("a vs b", "a vs c", "b vs c"))
+
+
+def test_no_validation_images_fails_the_gate():
+    report = parity.measure({"a": linear_model, "b": linear_model}, iter(()), parity.random_images(8), 1e-4)
+    assert not report["passed"] and report["images"]["validation"] == 0
+    assert any("no validation images" in line for line in report["failures"])
+
+
+def test_variants_are_reported_but_not_gated():
+    rng = np.random.default_rng(7)
+
+    def noisy(images):
+        logits = rng.normal(0, 5, (len(images), NUM_CLASSES)).astype(np.float32)
+        return softmax(logits), logits
+
+    report = parity.measure(
+        {"keras": linear_model, "onnx": linear_model}, batches(12), parity.random_images(8), 1e-4, variants={"onnx_int8": noisy}
+    )
+    assert report["passed"]
+    v = report["variants"]["onnx_int8"]
+    assert v["compared_with"] == "onnx" and v["images"] == 12 and 0 <= v["top1_agreement"] < 1
+    assert 0 <= v["validation_accuracy"] <= 1 and "onnx" in report["validation_accuracy"]
+
+
+def test_gate_images_are_the_evaluation_pipeline_before_normalization(tmp_path):
+    import tensorflow as tf
+
+    from toolkit.config import DataConfig
+    from toolkit.data import pipeline, preprocess, shards, sources
+
+    data_dir = sources.write_demo_dataset(str(tmp_path), train_count=8, val_count=12, image_size=40, num_shards=4)
+    files = shards.read_dataset_info(data_dir).split_files("val")
+    assert len(files) == 2  # the pipeline interleaves them: the same order is part of the contract
+    ours = list(parity.image_batches(files, 32, limit=10, batch_size=4))
+    assert [len(b[0]) for b in ours] == [4, 4, 2]
+    images = np.concatenate([b[0] for b in ours])
+    labels = np.concatenate([b[2] for b in ours])
+    assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 255
+    theirs = next(iter(pipeline.make_eval_dataset(DataConfig(data_dir=data_dir, image_size=32, batch_size=10), files)))
+    np.testing.assert_array_equal(preprocess.normalize(tf.constant(images)).numpy(), theirs[0].numpy())
+    np.testing.assert_array_equal(labels, theirs[1].numpy())
+    assert all(isinstance(e, bytes) and e[:2] == b"\xff\xd8" for b in ours for e in b[1])  # the JPEGs themselves
