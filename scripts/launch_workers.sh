@@ -66,8 +66,11 @@ for ((i = 0; i < num_workers; i++)); do
   TF_CONFIG=$tf_config "$PYTHON" -m toolkit.train "$@" >"$LOG_DIR/worker-$i.log" 2>&1 &
   pids+=($!)
 done
-echo "launch_workers: $num_workers workers on ports ${ports[*]} (worker 0 is the chief)"
-echo "launch_workers: logs in $LOG_DIR/worker-<i>.log; follow with: tail -f $LOG_DIR/worker-0.log"
+echo "launch_workers: $num_workers workers on localhost ports ${ports[*]}, logs in $LOG_DIR"
+for ((i = 0; i < num_workers; i++)); do
+  echo "launch_workers: worker $i$( ((i == 0)) && echo ' (chief)') pid ${pids[$i]} log $LOG_DIR/worker-$i.log"
+done
+echo "launch_workers: follow the chief with: tail -f $LOG_DIR/worker-0.log"
 
 remaining=$num_workers
 declare -A done_rc=()
@@ -76,7 +79,7 @@ while ((remaining > 0)); do
     [[ -n ${done_rc[$i]:-} ]] && continue
     kill -0 "${pids[$i]}" 2>/dev/null && continue
     rc=0
-    wait "${pids[$i]}" || rc=$?
+    wait "${pids[$i]}" 2>/dev/null || rc=$?  # (bash would also print its own "Killed" line)
     done_rc[$i]=$rc
     remaining=$((remaining - 1))
     if ((rc != 0)); then

@@ -16,6 +16,7 @@ to model_dir, the others write to a scratch directory that is deleted afterwards
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -71,6 +72,7 @@ class Checkpointer:
         self._scratch = None
         if not is_chief:
             self._scratch = tempfile.mkdtemp(prefix="toolkit-worker-ckpt-")
+            atexit.register(self.close)  # also when the run ends with an error (a lost worker, a NaN)
         write_dir = self.directory if is_chief else self._scratch
         self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=keep)
         # every worker restores from the chief's directory
@@ -95,3 +97,4 @@ class Checkpointer:
     def close(self) -> None:
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

@@ -56,6 +56,7 @@ class TrainConfig:
     xla: bool = False
     distribution: str = "auto"
     cpu_replicas: int = 1
+    cluster_timeout: int = 900  # seconds a multi-worker job waits at start for every worker; 0: forever
     seed: int = 0
     deterministic: bool = False
     fresh: bool = False
@@ -135,6 +136,7 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(0 <= t.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
     need(0 <= t.momentum < 1, "momentum", f"must be in [0, 1), got {t.momentum}")
     need(t.cpu_replicas >= 1, "cpu_replicas", f"must be at least 1, got {t.cpu_replicas}")
+    need(t.cluster_timeout >= 0, "cluster_timeout", f"must be zero (wait forever) or positive, got {t.cluster_timeout}")
     need(t.log_every >= 1, "log_every", f"must be at least 1, got {t.log_every}")
     need(t.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
     need(t.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, got {t.keep_checkpoints}")

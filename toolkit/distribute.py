@@ -7,9 +7,12 @@ is XLA-compiled (with the reason when it was turned off).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import faulthandler
 import json
 import os
+import sys
 from typing import Optional
 
 import tensorflow as tf
@@ -113,9 +116,37 @@ def set_precision_policy(precision: str) -> None:
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
 
 
-def make_strategy(distribution: str) -> tuple[tf.distribute.Strategy, str]:
+# exit code of a multi-worker run that lost a worker (toolkit.train uses it)
+EXIT_CLUSTER = 5
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int, message: str):
+    """End the process (exit code 1) if the block has not finished within `seconds` (0: never).
+
+    Joining a cluster blocks inside TensorFlow's C++ runtime, holding the GIL, and the chief's
+    coordination service waits for missing workers without a limit: no Python exception, signal
+    handler or thread can run then. faulthandler's watchdog is a C thread that needs no GIL: it
+    prints "Timeout" and where the process was stuck, then exits.
+    """
+    if not seconds:
+        yield
+        return
+    print(f"({message})", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distribute.Strategy, str]:
     """Build the strategy. auto: several TF_CONFIG workers -> multi_worker; GPUs or logical CPU
-    devices -> mirrored over all of them; else one_device on the CPU."""
+    devices -> mirrored over all of them; else one_device on the CPU.
+
+    multi_worker blocks until every worker in TF_CONFIG has started; after `cluster_timeout`
+    seconds (0: never) the process ends with exit code 1 ("Timeout" and a stack dump on stderr).
+    """
     num_workers, _, _ = tf_config_cluster()
     if distribution == "auto" and num_workers > 1:
         distribution = "multi_worker"
@@ -130,10 +161,15 @@ def make_strategy(distribution: str) -> tuple[tf.distribute.Strategy, str]:
             if tf.config.list_physical_devices("GPU")
             else tf.distribute.experimental.CommunicationImplementation.RING
         )
-        return (
-            tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options),
-            distribution,
+        workers = resolver.cluster_spec().as_dict()
+        message = (
+            f"--cluster_timeout: if not every worker of TF_CONFIG {json.dumps(workers)} has joined within "
+            f"{cluster_timeout} s, this process ends; start them all (same flags, each its own TF_CONFIG task) "
+            "or raise --cluster_timeout"
         )
+        with _deadline(cluster_timeout, message):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+        return strategy, distribution
 
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
@@ -169,10 +205,11 @@ def make_runtime(
     precision: str = "auto",
     xla: bool = False,
     cpu_replicas: int = 1,
+    cluster_timeout: int = 0,
 ) -> Runtime:
     """Devices, strategy, precision policy and XLA decided once, in that order."""
     setup_devices(cpu_replicas)
-    strategy, resolved = make_strategy(distribution)
+    strategy, resolved = make_strategy(distribution, cluster_timeout)
     resolved_precision = resolve_precision(precision)
     set_precision_policy(resolved_precision)
     device_kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
@@ -193,6 +230,14 @@ def make_runtime(
         is_chief=is_chief,
         device_kind=device_kind,
     )
+
+
+def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list:
+    """`value` as every replica of every worker holds it (one all-gather; all workers get the list)."""
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant([value], tf.int64)
+    )
+    return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
 
 
 def _is_chief(resolver: Optional[tf.distribute.cluster_resolver.ClusterResolver]) -> bool:

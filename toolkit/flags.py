@@ -47,6 +47,7 @@ flags.DEFINE_string("precision", "auto", "auto|fp32|fp16|bf16; auto: fp16 on GPU
 flags.DEFINE_bool("xla", False, "XLA-compile the train step (turned off, with the reason printed, where it cannot work; demo default: on).")
 flags.DEFINE_string("distribution", "auto", "auto|mirrored|multi_worker|one_device; auto: multi_worker when TF_CONFIG lists several workers, mirrored over all GPUs (or CPU replicas), else one device.")
 flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into N logical devices (the multi-replica path without a GPU).")
+flags.DEFINE_integer("cluster_timeout", 900, "Multi-worker (TF_CONFIG): seconds to wait at start-up for every worker to join before giving up (exit code 1, 'Timeout' on stderr); 0 waits forever. A worker lost later stops the others within seconds.")
 
 # --- run control
 flags.DEFINE_integer("seed", 0, "Seed for initialization, shuffling and augmentation.")

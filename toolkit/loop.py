@@ -138,7 +138,9 @@ class Trainer:
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
     def _replica_sync_statistics(self):
-        local = [tf.convert_to_tensor(v.value) for v in self._bn_statistics]
+        # identity: a variable's read is colocated with it and has no device of its own, and
+        # MultiWorkerMirroredStrategy all-reduces to the device of each input
+        local = [tf.identity(tf.convert_to_tensor(v.value)) for v in self._bn_statistics]
         means = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, local)
         for v, mean in zip(self._bn_statistics, means):
             v.assign(mean)  # aggregation "none": each replica sets its own copy, all to the same mean

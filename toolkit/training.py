@@ -18,6 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from toolkit import __version__
 from toolkit import checkpoint as ckpt_lib
 from toolkit import distribute, loop, outputs
 from toolkit.config import Config, ConfigError, validate
@@ -25,7 +26,6 @@ from toolkit.data import pipeline, shards, sources
 from toolkit.logs import MetricsLog, log
 from toolkit.models import resnet_v2
 
-from toolkit import __version__  # noqa: E402,F401  (recorded in run.json)
 # the record fields that must match for a resume to make sense
 _SHAPING_FIELDS = ("num_classes", "image_size", "depth")
 
