@@ -1,0 +1,43 @@
+"""A run killed with SIGKILL and resumed ends with the same weights as one that never stopped."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from test_training import ENV, ROOT, TINY, read_weights, train
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, demo_data):
+    flags = [f"--data_dir={demo_data}", "--epochs=2", "--steps_per_epoch=6", "--checkpoint_every=2", "--deterministic",
+             "--seed=7"]
+    straight = train(tmp_path / "straight", *flags)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.train", f"--model_dir={killed_dir}", *TINY, *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT,
+    )
+    # kill it hard once it has written the step-8 checkpoint (mid second epoch), before it ends
+    deadline = time.time() + 400
+    index = killed_dir / "checkpoints" / "checkpoint"
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and "ckpt-8" in index.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "summary.json").exists()
+
+    resumed = train(killed_dir, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 8" in resumed.stdout
+    a = read_weights(tmp_path / "straight" / "model.weights.h5")
+    b = read_weights(killed_dir / "model.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 100
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
