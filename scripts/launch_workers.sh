@@ -46,18 +46,23 @@ EOF
 cluster=$("$PYTHON" -c 'import json, sys; print(json.dumps(["localhost:" + p for p in sys.argv[1:]]))' "${ports[@]}")
 
 pids=()
+running() {  # alive and not a zombie waiting to be reaped
+  local state=""
+  [[ -r /proc/$1/stat ]] && read -r _ _ state _ <"/proc/$1/stat" 2>/dev/null
+  [[ -n $state && $state != Z ]]
+}
 stop_all() {
-  local pid
+  local pid waited=0 alive
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  local waited=0
   while ((waited < GRACE * 10)); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || return 0
+    alive=0
+    for pid in "${pids[@]}"; do running "$pid" && alive=1; done
+    ((alive)) || break
     sleep 0.1
     waited=$((waited + 1))
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done  # gone when this script ends
 }
 trap 'echo "launch_workers: interrupted, stopping the workers" >&2; stop_all; exit 130' INT TERM
 
@@ -77,7 +82,7 @@ declare -A done_rc=()
 while ((remaining > 0)); do
   for ((i = 0; i < num_workers; i++)); do
     [[ -n ${done_rc[$i]:-} ]] && continue
-    kill -0 "${pids[$i]}" 2>/dev/null && continue
+    running "${pids[$i]}" && continue
     rc=0
     wait "${pids[$i]}" 2>/dev/null || rc=$?  # (bash would also print its own "Killed" line)
     done_rc[$i]=$rc
