@@ -31,6 +31,13 @@ def test_two_replicas_equal_one_replica_on_the_same_global_batch(two_replica_res
     assert r["weight_diff"] < 1e-5  # ...identically on both paths (BN frozen: a BN-free check)
 
 
+def test_trainable_batchnorm_normalizes_each_replica_by_its_own_half(two_replica_result):
+    r = two_replica_result
+    assert r["bn_first_loss_two"] == pytest.approx(r["bn_first_loss_halves"], rel=1e-5)
+    # the check can fail: statistics over the whole batch give another loss
+    assert abs(r["bn_first_loss_whole_batch"] - r["bn_first_loss_halves"]) > 1e-3
+
+
 def test_fp16_overflow_on_one_replica_skips_the_step_on_all(two_replica_result):
     r = two_replica_result
     assert r["fp16_weights_finite"]

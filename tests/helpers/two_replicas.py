@@ -21,14 +21,14 @@ from toolkit.models import resnet_v2  # noqa: E402
 GLOBAL_BATCH = 8
 
 
-def make(strategy, precision, weights=None):
+def make(strategy, precision, weights=None, freeze_bn=True):
     config = TrainConfig(optimizer="sgd", learning_rate=0.05, momentum=0.9, warmup_epochs=0, weight_decay=0, epochs=1)
     with strategy.scope():
         model = resnet_v2.build_model(4, 32)
         # BN-free check: frozen BatchNorm is a fixed affine map, so per-replica batch statistics
         # cannot differ between the runs (synchronized BN traces too slowly on 2 CPU cores)
         for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if freeze_bn and isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
         if weights is not None:
             model.set_weights(weights)
@@ -62,6 +62,18 @@ def main():
     moved = max(float(np.abs(a - b).max()) for a, b in zip(w1, initial))
     weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
 
+    # trainable BatchNorm: each replica normalizes its own half of the global batch (no sync), so
+    # the first loss is the one-device loss computed half by half, not over the whole batch. Only
+    # the first step is compared: a fresh ResNet trained on 4 images per replica is chaotic, and
+    # float rounding (a different summation order) grows to visible differences from step 2 on.
+    _, _, trainer_bn = make(two, "fp32", initial, freeze_bn=False)
+    first_bn = float(trainer_bn.train_step(next(batches(images, labels, two)))["loss"])
+    reference = resnet_v2.build_model(4, 32)
+    reference.set_weights(initial)
+    per_example = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    halves = [float(tf.reduce_sum(per_example(labels[s], reference(images[s], training=True)))) for s in (slice(0, 4), slice(4, 8))]
+    whole = float(tf.reduce_mean(per_example(labels, reference(images, training=True))))
+
     # fp16: one replica's half of the batch overflows; both replicas must skip the step together
     keras.mixed_precision.set_global_policy("mixed_float16")
     model16, opt16, trainer16 = make(two, "fp16", initial)
@@ -77,6 +89,9 @@ def main():
         "weight_diff": weight_diff,
         "weights_moved": moved,
         "replicas": two.num_replicas_in_sync,
+        "bn_first_loss_two": first_bn,
+        "bn_first_loss_halves": sum(halves) / GLOBAL_BATCH,
+        "bn_first_loss_whole_batch": whole,
         "fp16_scale_before": scale_before,
         "fp16_scale_after": float(opt16.dynamic_scale.numpy()),
         "fp16_weights_finite": bool(all(np.isfinite(w).all() for w in after)),
