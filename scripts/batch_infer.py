@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import tensorflow  # noqa: F401  (imported here so that its start-up is not counted as inference time)
+    import tensorflow  # noqa: F401  (its start-up must not count as inference time)
     from tqdm import tqdm
 
     scored, failures = 0, collections.Counter()

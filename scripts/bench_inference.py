@@ -13,10 +13,12 @@ onnx_fp32_end_to_end_images_per_sec is toolkit.inference.predict from the photo 
 in parallel with the model), what scripts/batch_infer.py achieves.
 
 Without --inference_export_dir an export is built once (and kept in --inference_workdir): the photo
-folder converted to shards, a ResNet50V2 with random weights, toolkit.export.export_model with
---onnx_int8 (calibrated on the training photos). Its 2-class head is rescaled so that about half
-the photos go to each class; a fresh network gives every photo the same class, which would make
-the int8 agreement trivially 100%.
+folder converted to shards, a ResNet50V2, toolkit.export.export_model with --onnx_int8 (calibrated
+on the training photos). Its weights are --inference_weights (a trained run's model.weights.h5,
+e.g. the hymenoptera small-data run of README.md, loaded into the model at this image size), or
+random: then the 2-class head is rescaled so that about half the photos go to each class (a fresh
+network gives every photo the same class, which would make the int8 agreement trivially 100%), but
+many photos sit near the decision boundary, so int8 agreement is best judged with trained weights.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ FORMATS = ("onnx_fp32", "onnx_int8", "savedmodel")
 
 def add_arguments(group) -> None:
     group.add_argument("--inference_export_dir", default="", help="export to measure (model.onnx, model_int8.onnx, saved_model/); empty: build one")
+    group.add_argument("--inference_weights", default="", help="weights (.weights.h5) for the built export; empty: random")
     group.add_argument("--inference_workdir", default=os.path.join(tempfile.gettempdir(), "toolkit-bench-inference"),
                        help="where the built export is kept and reused")
     group.add_argument("--inference_photos", default=PHOTOS, help="photo folder with train/ (int8 calibration) and val/ (measured)")
@@ -67,8 +70,10 @@ def spread_head(model, images: np.ndarray) -> None:
     dense.set_weights([kernel * scale, np.array([float(np.median(margin)) * scale, 0.0], np.float32)])
 
 
-def build_export(workdir: str, photos: str, size: int, log=print) -> str:
+def build_export(workdir: str, photos: str, size: int, weights: str = "", log=print) -> str:
     """An export with model.onnx, model_int8.onnx and saved_model/ at `size` px (reused when present)."""
+    import hashlib
+
     import keras
 
     from toolkit import checkpoint as ckpt_lib
@@ -77,7 +82,10 @@ def build_export(workdir: str, photos: str, size: int, log=print) -> str:
     from toolkit.data import folder, shards
     from toolkit.models import resnet_v2
 
-    base = os.path.join(workdir, f"resnet50v2_{size}px")
+    if weights and not os.path.isfile(weights):
+        raise SystemExit(f"benchmark: --inference_weights: no such file {weights}")
+    tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
+    base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}")
     target = os.path.join(base, "export")
     if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, export.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")
@@ -88,7 +96,9 @@ def build_export(workdir: str, photos: str, size: int, log=print) -> str:
     info = shards.read_dataset_info(data_dir)
     keras.utils.set_random_seed(0)
     model = resnet_v2.build_model(info.num_classes, size)
-    if info.num_classes == 2:
+    if weights:
+        model.load_weights(weights)
+    elif info.num_classes == 2:
         spread_head(model, np.concatenate([b[0] for b in _batches(info.split_files("train"), size, 64)]))
     os.makedirs(model_dir, exist_ok=True)
     model.save_weights(os.path.join(model_dir, export.WEIGHTS))
@@ -150,7 +160,7 @@ def run(args) -> dict:
     from toolkit.data import preprocess
 
     size = args.inference_image_size
-    export_dir = args.inference_export_dir or build_export(args.inference_workdir, args.inference_photos, size)
+    export_dir = args.inference_export_dir or build_export(args.inference_workdir, args.inference_photos, size, args.inference_weights)
     with open(os.path.join(export_dir, "export.json")) as f:
         record = json.load(f)
     if record["image_size"] != size and not args.inference_export_dir:
@@ -213,8 +223,23 @@ def run(args) -> dict:
         "batch_size": batch,
         "threads": threads or "default",
         "export_dir": os.path.abspath(export_dir),
+        "weights": "the given export's" if args.inference_export_dir else os.path.abspath(args.inference_weights) if args.inference_weights else "random",
         "photos": os.path.abspath(args.inference_photos),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "data": "validation photos through preprocess.eval_image, decoded once and held in memory (the model, not the decode, is measured)",
     })
     return results
+
+
+def table(r: dict) -> tuple:
+    """(header, rows) of the printed benchmark table."""
+    header = ("inference", "images/s", "CPU ms / image", "vs SavedModel")
+    cpu = r.get("cpu_ms_per_image", {})
+    names = {"onnx_fp32": "ONNX float32 (onnxruntime)", "onnx_int8": "ONNX int8 (static QDQ)",
+             "savedmodel": "TF SavedModel", "keras_one_by_one": "Keras model.predict, one image per call"}
+    rows = [(label, r[f"{key}_images_per_sec"], cpu.get(key, "-"), f"{r[f'{key}_images_per_sec'] / r['savedmodel_images_per_sec']:.2f}x")
+            for key, label in names.items() if f"{key}_images_per_sec" in r]
+    rows.append(("batch_infer pipeline from files, ONNX float32", r["onnx_fp32_end_to_end_images_per_sec"], "-", "-"))
+    if "int8_top1_agreement" in r:
+        rows.append(("int8 top-1 agreement with float32", f"{100 * r['int8_top1_agreement']:.1f}%", "-", "-"))
+    return header, rows

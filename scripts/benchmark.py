@@ -1,6 +1,6 @@
 """Benchmarks of the toolkit on this machine, by section, written to one JSON file.
 
-  python scripts/benchmark.py --sections pipeline --data_dir SHARDS --json bench.json [--quick]
+  python scripts/benchmark.py --sections pipeline,train,inference --data_dir SHARDS --json bench.json [--quick]
 
 Sections live in the SECTIONS registry: a name, a description, a function adding the section's own
 command-line arguments and a function returning a dict of results. To add one (`train`,
@@ -15,6 +15,15 @@ load hits both alike; each round builds a fresh iterator, discards warm-up batch
 images for a fixed time. The best round of each is reported (and every round), with the CPU time
 per image (process CPU seconds / images: the per-core cost, steadier than images/s on a shared
 machine) and the load average, so a reader can tell a quiet measurement from a busy one.
+
+train: training images/s of ResNet50V2, end to end from disk, each variant in its own process
+(scripts/bench_train.py): the toolkit loop at fp32, bf16 and fp16, XLA off and on, fed from the
+shards, against keras.applications.ResNet50V2 + model.fit fed by image_dataset_from_directory on
+the same photos. With the model's forward FLOPs per image (counted from its layers) it reports
+the achieved FLOP/s (training ~ 3x forward) and their share of the CPU's estimated peak.
+
+inference: images/s of ONNX fp32 / int8, the SavedModel and Keras one image at a time
+(scripts/bench_inference.py).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ class Section:
     description: str
     run: Callable[[argparse.Namespace], dict]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda group: None
+    table: Callable[[dict], tuple] = lambda results: ((), [])  # (header, rows) of the printed table
 
 
 SECTIONS: dict = {}
@@ -105,8 +115,8 @@ def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: in
 
 
 def _pipeline_arguments(group) -> None:
-    group.add_argument("--data_dir", help="shards written by toolkit.data.convert")
-    group.add_argument("--baseline_dir", default="", help="photo folder for the baseline (default: the manifest's train source)")
+    group.add_argument("--data_dir", help="shards written by toolkit.data.convert (pipeline and train sections)")
+    group.add_argument("--baseline_dir", default="", help="photo folder for the baselines (default: the manifest's train source)")
     group.add_argument("--image_size", type=int, default=224)
     group.add_argument("--batch_size", type=int, default=64)
     group.add_argument("--seconds", type=float, default=10.0, help="measured time per round and pipeline")
@@ -178,18 +188,28 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     }
 
 
-register(Section("pipeline", "input pipeline images/s: toolkit shards vs image_dataset_from_directory", run_pipeline, _pipeline_arguments))
+def _pipeline_table(r: dict) -> tuple:
+    header = ("input pipeline", "images/s", "CPU ms / image", "vs baseline")
+    return header, [
+        ("toolkit make_train_dataset (shards)", r["toolkit_images_per_sec"], r["toolkit_cpu_ms_per_image"], f"{r['ratio']}x"),
+        ("keras image_dataset_from_directory", r["baseline_images_per_sec"], r["baseline_cpu_ms_per_image"], "1.00x"),
+    ]
+
+
+register(Section("pipeline", "input pipeline images/s: toolkit shards vs image_dataset_from_directory", run_pipeline,
+                 _pipeline_arguments, _pipeline_table))
 
 # -------------------------------------------------------------------------------------- train
 
 
 def _train_arguments(group) -> None:
-    group.add_argument("--train_variants", default="toolkit_fp32,toolkit_bf16,keras_fit",
+    group.add_argument("--train_variants", default=",".join(bench_train.VARIANTS),
                        help="comma-separated, from: " + ", ".join(bench_train.VARIANTS))
     group.add_argument("--train_image_size", type=int, default=224)
     group.add_argument("--train_batch_size", type=int, default=16)
     group.add_argument("--train_warmup", type=int, default=2, help="untimed steps (tracing, compilation)")
     group.add_argument("--train_steps", type=int, default=6, help="timed steps per variant")
+    group.add_argument("--train_timeout", type=float, default=900.0, help="seconds before a variant is given up (reported as an error)")
 
 
 def peak_flops_estimate() -> float | None:
@@ -208,18 +228,25 @@ def peak_flops_estimate() -> float | None:
 
 
 def run_train(args: argparse.Namespace) -> dict:
+    from toolkit.data import shards
+
     variants = [v.strip() for v in args.train_variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in bench_train.VARIANTS]
     if unknown:
         raise SystemExit(f"benchmark: --train_variants: unknown {', '.join(unknown)}")
+    if not args.data_dir:
+        raise SystemExit("benchmark: --data_dir: required by the train section")
+    folder = args.baseline_dir or baseline_folder(shards.read_dataset_info(args.data_dir).manifest)
     size, batch = args.train_image_size, args.train_batch_size
     forward = bench_train.model_flops_per_image(size)
     peak = peak_flops_estimate()
     results = {"image_size": size, "batch_size": batch, "steps": args.train_steps,
                "model_forward_flops_per_image": forward, "peak_flops_estimate": peak,
-               "data": "one in-memory batch of random images, repeated (the step, not the input, is measured)"}
+               "data_dir": os.path.abspath(args.data_dir), "baseline_dir": os.path.abspath(folder),
+               "data": "toolkit: make_train_dataset on the shards; keras_fit: image_dataset_from_directory on the photos; neither cached"}
     for variant in variants:
-        got = bench_train.run_variant_subprocess(variant, batch, size, args.train_warmup, args.train_steps)
+        got = bench_train.run_variant_subprocess(variant, args.data_dir, folder, batch, size, args.train_warmup, args.train_steps,
+                                                 timeout=args.train_timeout)
         if "error" in got:
             results[f"{variant}_error"] = got["error"]
             continue
@@ -237,15 +264,50 @@ def run_train(args: argparse.Namespace) -> dict:
     return results
 
 
-register(Section("train", "training images/s: toolkit loop (fp32/bf16/fp16, XLA) vs keras model.fit", run_train, _train_arguments))
+def _train_table(r: dict) -> tuple:
+    header = ("training (ResNet50V2)", "images/s", "vs keras fit", "achieved GFLOP/s", "share of peak")
+    base = r.get("keras_fit_images_per_sec")
+    rows = []
+    for variant in bench_train.VARIANTS:
+        if f"{variant}_error" in r:
+            rows.append((variant, "-", "-", "-", r[f"{variant}_error"]))
+        elif f"{variant}_images_per_sec" in r:
+            rate = r[f"{variant}_images_per_sec"]
+            share = r.get(f"{variant}_share_of_peak")
+            rows.append((variant, rate, f"{rate / base:.2f}x" if base else "-", round(r[f"{variant}_flops_per_sec"] / 1e9, 1),
+                         f"{100 * share:.1f}%" if share is not None else "unknown"))
+    return header, rows
+
+
+register(Section("train", "training images/s: toolkit loop (fp32/bf16/fp16, XLA) vs keras model.fit", run_train,
+                 _train_arguments, _train_table))
 
 # ---------------------------------------------------------------------------------- inference
 
 register(Section("inference", "inference images/s: ONNX fp32 / int8, SavedModel, Keras one image at a time",
-                 bench_inference.run, bench_inference.add_arguments))
+                 bench_inference.run, bench_inference.add_arguments, bench_inference.table))
+
+
+def markdown_table(header: tuple, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def report(results: dict) -> str:
+    """The results as markdown: the machine, then a table per section that has one."""
+    m = results["machine"]
+    parts = [f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, Python {m['python']}, TensorFlow {m['tensorflow']}"
+             + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
+    for name, section in SECTIONS.items():
+        if name in results:
+            header, rows = section.table(results[name])
+            if rows:
+                load = results[name].get("load_average")
+                parts.append(f"{name}" + (f" (load average {load[0]} at the end)" if load else "") + "\n\n" + markdown_table(header, rows))
+    return "\n\n".join(parts) + "\n"
 
 QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1,
-         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2,
+         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2, "train_variants": "toolkit_fp32,keras_fit",
          "inference_image_size": 32, "inference_images": 16, "inference_rounds": 1, "inference_keras_images": 2}
 
 
@@ -253,6 +315,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from: {', '.join(SECTIONS)}")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--markdown", default="", help="also write the printed tables here (markdown)")
     parser.add_argument("--quick", action="store_true", help="a few seconds per section: a smoke test, not a measurement")
     for section in SECTIONS.values():
         section.add_arguments(parser.add_argument_group(f"{section.name}: {section.description}"))
@@ -261,9 +324,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    if args.quick:
+    if args.quick:  # small settings for what the command line left at its default
         for key, value in QUICK.items():
-            if hasattr(args, key):
+            if hasattr(args, key) and getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
     return args
 
@@ -275,15 +338,21 @@ def main(argv=None) -> dict:
         results[name] = SECTIONS[name].run(args)
         figures = {k: v for k, v in results[name].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    text = report(results)
+    print("\n" + text, flush=True)
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        _write_atomic(args.json, json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        _write_atomic(args.markdown, text)
     return results
+
+
+def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --sections inference --quick on the tiny 32 px export, given an int8 model."""
+"""scripts/benchmark.py --quick with every section at once, on real photos and the tiny 32 px export plus an int8 model."""
 
 import json
 import shutil
@@ -23,15 +23,39 @@ def export_with_int8(tmp_path_factory):
     return str(copy)
 
 
-def test_inference_section_measures_every_format(export_with_int8, tmp_path):
+def test_quick_runs_every_section_in_one_command(export_with_int8, tmp_path):
+    """`--quick` with all three sections on real photos: one JSON with pipeline, train and inference."""
+    from toolkit.data import folder
+
     photos = tmp_path / "photos"
     for c in ih.CLASSES:
+        ih.copy_into(str(photos / "train" / c), ih.photos(c, 6))
         ih.copy_into(str(photos / "val" / c), ih.photos(c, 5, start=50))
+    shards = tmp_path / "shards"
+    folder.convert_folder(str(photos), str(shards), workers=1, progress=False)
     out = tmp_path / "bench.json"
-    returned = load_benchmark().main(["--sections", "inference", "--quick", "--json", str(out), "--inference_export_dir", export_with_int8,
-                                      "--inference_photos", str(photos), "--inference_batch_size", "4"])
+    returned = load_benchmark().main(["--sections", "pipeline,train,inference", "--quick", "--json", str(out),
+                                      "--data_dir", str(shards), "--batch_size", "4", "--image_size", "32",
+                                      "--inference_export_dir", export_with_int8, "--inference_photos", str(photos),
+                                      "--inference_batch_size", "4", "--markdown", str(tmp_path / "bench.md")])
     written = json.loads(out.read_text())
+    tables = (tmp_path / "bench.md").read_text()
+    for row in ("| toolkit make_train_dataset (shards) |", "| toolkit_fp32 |", "| keras_fit |", "| ONNX int8 (static QDQ) |"):
+        assert row in tables, row
     assert written == json.loads(json.dumps(returned))
+    assert {"machine", "pipeline", "train", "inference"} <= set(written) and written["quick"] is True
+
+    p = written["pipeline"]
+    assert p["toolkit_images_per_sec"] > 0 and p["baseline_images_per_sec"] > 0 and p["train_records"] == 12
+
+    t = written["train"]  # the toolkit loop fed from the shards, keras model.fit fed from the photo folder
+    assert t["toolkit_fp32_images_per_sec"] > 0 and t["keras_fit_images_per_sec"] > 0, t
+    assert t["toolkit_fp32_vs_keras_fit"] == pytest.approx(t["toolkit_fp32_images_per_sec"] / t["keras_fit_images_per_sec"], rel=0.02)
+    assert t["baseline_dir"] == str(photos / "train") and t["image_size"] == 32
+    # ResNet50V2 forward FLOPs at 224 px are ~7 GFLOPs (2 per multiply-add); at 32 px about 1/49 of that
+    assert 0.08e9 < t["model_forward_flops_per_image"] < 0.25e9
+    assert t["toolkit_fp32_flops_per_sec"] == pytest.approx(3 * t["model_forward_flops_per_image"] * t["toolkit_fp32_images_per_sec"], rel=0.01)
+
     r = written["inference"]
     for key in ("onnx_fp32_images_per_sec", "onnx_int8_images_per_sec", "savedmodel_images_per_sec",
                 "keras_one_by_one_images_per_sec", "onnx_fp32_end_to_end_images_per_sec"):

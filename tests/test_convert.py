@@ -257,7 +257,7 @@ def test_flags_drive_the_same_conversion(tmp_path):
     assert m["options"]["max_side"] == 16 and m["splits"]["val"]["count"] == 2
     assert all(min(r["height"], r["width"]) == 16 for r in dh.read_records(str(tmp_path / "out")))
     fv.unparse_flags()
-    fv(["convert", f"--src={src}", f"--tfds_name=mnist", f"--out={tmp_path / 'x'}"])
+    fv(["convert", f"--src={src}", "--tfds_name=mnist", f"--out={tmp_path / 'x'}"])
     with pytest.raises(writer.ConversionError, match="exactly one"):
         convert.convert_with_flags(fv)
 

@@ -36,3 +36,28 @@ def test_imagenet_recipe_scales_the_learning_rate_with_the_batch():
     c = _config(os.path.join(ROOT, "configs", "imagenet.flags"))
     assert c.train.learning_rate == pytest.approx(0.1 * c.data.batch_size / 256)
     assert (c.train.optimizer, c.train.epochs, c.train.label_smoothing, c.train.warmup_epochs) == ("sgd", 90, 0.1, 5)
+
+
+# Each recipe starts: `python -m toolkit.train --flagfile RECIPE` trains its first step on the demo
+# shards. Only the sizes are shrunk on the command line (later flags win over the flagfile); the
+# optimizer, schedule, regularization and data options are the recipe's own.
+SHRINK = ["--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=1", "--noexport", "--precision=fp32", "--noxla"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
+def test_recipe_starts_training(recipe, tmp_path, demo_data):
+    import json
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "toolkit.train", f"--flagfile={recipe}", f"--data_dir={demo_data}",
+                           f"--model_dir={model_dir}", *SHRINK], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["epochs"] == 1 and summary["num_classes"] == 4
+    trained = json.loads((model_dir / "run.json").read_text())["config"]["train"]
+    expected = _config(recipe).train
+    for key in ("optimizer", "learning_rate", "weight_decay", "label_smoothing", "warmup_epochs"):
+        assert trained[key] == getattr(expected, key), key
