@@ -28,11 +28,14 @@ VARIANTS = ("toolkit_fp32", "toolkit_fp32_xla", "toolkit_bf16", "toolkit_bf16_xl
 
 
 def _time_steps(step, warmup: int, steps: int) -> float:
+    """Seconds for `steps` calls after `warmup` calls. A progress line after each timed step lets
+    the parent compute a rate from the steps done when a slow variant runs out of time."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
-    for _ in range(steps):
+    for done in range(1, steps + 1):
         step()
+        print(json.dumps({"timed_steps": done, "seconds": time.perf_counter() - start}), flush=True)
     return time.perf_counter() - start
 
 
@@ -91,9 +94,15 @@ def run_variant_subprocess(variant: str, data_dir: str, folder: str, batch: int,
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"did not finish {warmup} + {steps} steps in {timeout:.0f} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        progress = [json.loads(line) for line in out.splitlines() if line.startswith('{"timed_steps"')]
+        if not progress:
+            return {"error": f"did not finish {warmup} warm-up + 1 timed step in {timeout:.0f} s"}
+        last = progress[-1]
+        return {"images_per_sec": batch * last["timed_steps"] / last["seconds"],
+                "partial": f"{last['timed_steps']} of {steps} timed steps within the {timeout:.0f} s limit"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"variant"')]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(lines[-1])

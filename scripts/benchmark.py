@@ -252,6 +252,8 @@ def run_train(args: argparse.Namespace) -> dict:
             continue
         rate = got["images_per_sec"]
         results[f"{variant}_images_per_sec"] = round(rate, 2)
+        if "partial" in got:
+            results[f"{variant}_partial"] = got["partial"]
         achieved = 3 * forward * rate  # forward + backward ~ 3x the forward FLOPs
         results[f"{variant}_flops_per_sec"] = achieved
         if peak:
@@ -274,7 +276,8 @@ def _train_table(r: dict) -> tuple:
         elif f"{variant}_images_per_sec" in r:
             rate = r[f"{variant}_images_per_sec"]
             share = r.get(f"{variant}_share_of_peak")
-            rows.append((variant, rate, f"{rate / base:.2f}x" if base else "-", round(r[f"{variant}_flops_per_sec"] / 1e9, 1),
+            partial = r.get(f"{variant}_partial")
+            rows.append((f"{variant} ({partial})" if partial else variant, rate, f"{rate / base:.2f}x" if base else "-", round(r[f"{variant}_flops_per_sec"] / 1e9, 1),
                          f"{100 * share:.1f}%" if share is not None else "unknown"))
     return header, rows
 

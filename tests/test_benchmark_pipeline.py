@@ -84,3 +84,9 @@ def test_report_tables_every_section_and_marks_failed_variants():
     assert "| ONNX float32 (onnxruntime) | 8.0 | 100.0 | 2.00x |" in lines
     assert "| int8 top-1 agreement with float32 | 99.5% | - | - |" in lines
     assert not [line for line in lines if "toolkit_fp16" in line]  # variants not run are not listed
+
+
+def test_a_train_variant_out_of_time_is_reported_not_fatal(tmp_path):
+    benchmark = load_benchmark()
+    got = benchmark.bench_train.run_variant_subprocess("toolkit_fp32", str(tmp_path), str(tmp_path), 4, 32, 1, 2, timeout=2)
+    assert got == {"error": "did not finish 1 warm-up + 1 timed step in 2 s"}

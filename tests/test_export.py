@@ -386,3 +386,29 @@ def test_flags_given_override_the_runs_recorded_export_settings():
         config = export.config_from_flags(flags_lib.FLAGS, recorded)
     assert (config.opset, config.onnx_layout, config.onnx_int8, config.export_dir) == (15, "nchw", True, "/srv/models/x")
     assert config.parity_atol == 1e-4 and not config.onnx_fp16
+
+
+def test_a_checkpoint_newer_than_the_final_weights_is_what_gets_exported(tmp_path, demo):
+    """A run resumed for more epochs that stopped early: model.weights.h5 is the earlier run's end
+    (step 4 in summary.json), the checkpoints went on to step 6. The export must take step 6."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    keras.utils.set_random_seed(1)
+    model = resnet_v2.build_model(len(CLASSES), SIZE, 50)
+    model.save_weights(str(model_dir / "model.weights.h5"))
+    final = [v.numpy() for v in model.weights]
+    for v in model.trainable_weights:
+        v.assign(v * 0.5 + 0.01)
+    checkpointer = ckpt_lib.Checkpointer(str(model_dir), True, 2, model=model, optimizer=keras.optimizers.SGD())
+    checkpointer.step.assign(6)
+    checkpointer.save()
+    later = [v.numpy() for v in model.weights]
+    write_run(str(model_dir), demo, "fp32")
+
+    (model_dir / "summary.json").write_text(json.dumps({"steps": 4}))
+    _, source = export.rebuild_float32(str(model_dir), export.read_run(str(model_dir)))
+    assert source.endswith("ckpt-6")
+    assert_same_weights(str(model_dir), later)
+
+    (model_dir / "summary.json").write_text(json.dumps({"steps": 6}))  # the run finished at step 6
+    assert_same_weights(str(model_dir), final)

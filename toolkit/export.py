@@ -81,6 +81,23 @@ def read_run(model_dir: str) -> dict:
     return record
 
 
+def newest_weights(model_dir: str, weights: str, latest: str | None) -> str:
+    """The final weights file, unless a checkpoint of a later step exists: a run resumed for more
+    epochs that stopped early leaves the earlier run's final weights beside newer checkpoints.
+    The final weights' step is the `steps` of summary.json (written with them); checkpoints are
+    numbered by step."""
+    if not latest:
+        return weights
+    if not os.path.exists(weights):
+        return latest
+    try:
+        with open(os.path.join(model_dir, "summary.json")) as f:
+            final_step = int(json.load(f)["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return weights if os.path.getmtime(weights) >= os.path.getmtime(latest + ".index") else latest
+    return latest if int(latest.rsplit("-", 1)[-1]) > final_step else weights
+
+
 def rebuild_float32(model_dir: str, record: dict) -> tuple:
     """(float32 Keras model with the run's final weights, the weights file or checkpoint used).
 
@@ -92,11 +109,11 @@ def rebuild_float32(model_dir: str, record: dict) -> tuple:
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINTS))
     if not os.path.exists(weights) and not latest:
         raise ExportError(f"--model_dir: {model_dir} holds neither {WEIGHTS} nor a checkpoint; has training finished?")
+    source = newest_weights(model_dir, weights, latest)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         model = resnet_v2.build_model(record["num_classes"], record["image_size"], record["depth"])
-        source = weights if os.path.exists(weights) else latest
         try:
             if source == weights:
                 model.load_weights(weights)
