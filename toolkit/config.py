@@ -53,7 +53,7 @@ class TrainConfig:
     weight_decay: float = 5e-5
     label_smoothing: float = 0.0
     precision: str = "auto"
-    xla: bool = False
+    xla: bool = True
     distribution: str = "auto"
     cpu_replicas: int = 1
     cluster_timeout: int = 900  # seconds a multi-worker job waits at start for every worker; 0: forever

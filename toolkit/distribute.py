@@ -203,7 +203,7 @@ def xla_decision(asked: bool, strategy: tf.distribute.Strategy, device_kind: str
 def make_runtime(
     distribution: str = "auto",
     precision: str = "auto",
-    xla: bool = False,
+    xla: bool = True,
     cpu_replicas: int = 1,
     cluster_timeout: int = 0,
 ) -> Runtime:
