@@ -174,6 +174,10 @@ def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(
     int8 = onnx.load(paths["onnx_int8"])
     assert any(t.data_type == onnx.TensorProto.INT8 for t in int8.graph.initializer)
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    # the stem convolution reads the image and stays float32 (its weight is not dequantized int8)
+    dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] not in dequantized and all(c.input[1] in dequantized for c in convs[1:])
     assert os.path.getsize(paths["onnx_int8"]) < os.path.getsize(paths["onnx_fp16"]) < os.path.getsize(paths["onnx"])
     for name in ("onnx_fp16", "onnx_int8"):
         assert onnx_shape(paths[name]) == ["batch", SIZE, SIZE, 3]  # float32 input: clients change nothing

@@ -148,6 +148,10 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
     """Static int8 quantization (QDQ, per-channel weights, MinMax calibration) of the float32 model.
 
     `calibration_batches` are float32 NHWC [0, 255] images (training images through eval_image).
+    The stem convolution stays float32: it reads the image itself, and quantizing it cost most of
+    the disagreement with float32 (a ResNet50V2 trained on ants and bees, 153 validation photos at
+    96 px: top-1 agreement 88.9% with it quantized, 99.3% without, mean |dp| 0.069 -> 0.007;
+    leaving the classifier's MatMul in float32 instead changed nothing). It is ~3% of the FLOPs.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -164,6 +168,7 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
         prepared = os.path.join(scratch, "prepared.onnx")
         # shape inference and graph optimization first, as onnxruntime recommends for static quantization
         quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
+        stem = next(n.name for n in onnx.load(prepared).graph.node if n.op_type == "Conv")
         quantize_static(
             prepared,
             out_path,
@@ -172,6 +177,7 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=[stem],
         )
     quantized = onnx.load(out_path)
     metadata = {**read_metadata(float_path), "weights_precision": "int8 (static QDQ quantization calibrated on training images)"}
