@@ -161,7 +161,7 @@ def test_src_format_is_detected_from_the_files(tmp_path):
 @pytest.mark.parametrize("source", ["tfds", "imagenet_shards"])
 def test_sources_train_a_few_steps(source, tmp_path):
     from toolkit import training
-    from toolkit.config import Config, ModelConfig, TrainConfig
+    from toolkit.config import Config, ExportConfig, ModelConfig, TrainConfig
 
     if source == "tfds":
         dh.write_tfds_dataset(str(tmp_path / "tfds"), "tiny_gray", {"train": 12, "test": 6})
@@ -173,7 +173,9 @@ def test_sources_train_a_few_steps(source, tmp_path):
     config = Config(
         data=data,
         model=ModelConfig(num_classes=num_classes),
-        train=TrainConfig(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, learning_rate=0.01, warmup_epochs=0, log_every=1),
+        train=TrainConfig(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, learning_rate=0.01, warmup_epochs=0, log_every=1,
+                          xla=False),
+        export=ExportConfig(export=False),  # the data path is under test here; test_export covers exporting
     )
     summary = training.run(config)
     assert summary["steps"] == 2 and summary["num_classes"] == 3
