@@ -249,7 +249,6 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tm
     from absl.testing import flagsaver
 
     from toolkit import flags as flags_lib
-    from toolkit import parity
 
     copy = tmp_path / "export"
     shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx"))
@@ -267,7 +266,7 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tm
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.parity", f"--export_dir={copy}", "--parity_images=8"])
         with pytest.raises(SystemExit) as exit_info:
-            parity.main(["toolkit.parity"])
+            export.parity_main(["toolkit.parity"])
     assert exit_info.value.code == 4  # the trainer's code for a failed gate too
     report = json.load(open(copy / "parity.json"))
     assert not report["passed"] and report["pairs"]["keras vs saved_model"]["passed"]

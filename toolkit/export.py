@@ -379,6 +379,33 @@ def quiet_tensorflow_logs(flag_values) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def parity_main(argv):
+    """`python -m toolkit.parity`: re-check an existing export (exit 4 if the gate fails)."""
+    from absl import app, flags
+
+    from toolkit.logs import error, log
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS
+    quiet_tensorflow_logs(FLAGS)
+    try:
+        result = verify_export(
+            FLAGS.export_dir,
+            model_dir=FLAGS.model_dir if FLAGS["model_dir"].present else None,
+            parity_images=FLAGS.parity_images,
+            atol=FLAGS.parity_atol,
+            data_dir=FLAGS.data_dir or None,
+            log=log,
+        )
+    except ValueError as e:
+        error(str(e).splitlines()[0])
+        sys.exit(2)
+    if not result["passed"]:
+        error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
+        sys.exit(4)
+
+
 def main(argv):
     from absl import app, flags
 

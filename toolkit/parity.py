@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -241,34 +240,7 @@ def write_report(path: str, report: dict) -> None:
     shards.write_text_atomic(path, json.dumps(report, indent=2, allow_nan=True) + "\n")
 
 
-# --- python -m toolkit.parity: re-check an existing export
-
-
-def main(argv):
-    from absl import app, flags
-
-    from toolkit import export
-    from toolkit.logs import error, log
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    export.quiet_tensorflow_logs(FLAGS)
-    try:
-        result = export.verify_export(
-            FLAGS.export_dir,
-            model_dir=FLAGS.model_dir if FLAGS["model_dir"].present else None,
-            parity_images=FLAGS.parity_images,
-            atol=FLAGS.parity_atol,
-            data_dir=FLAGS.data_dir or None,
-            log=log,
-        )
-    except ValueError as e:
-        error(str(e).splitlines()[0])
-        sys.exit(2)
-    if not result["passed"]:
-        error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
-        sys.exit(4)
+# --- python -m toolkit.parity: re-check an existing export (the entry point is toolkit.export.parity_main)
 
 
 if __name__ == "__main__":
@@ -277,8 +249,9 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app, flags
 
+    from toolkit import export
     from toolkit import flags as flags_lib
 
     for name in ("export_dir", "model_dir", "data_dir", "parity_images", "parity_atol"):
         flags.declare_key_flag(name, flags_lib.FLAGS)
-    app.run(main)
+    app.run(export.parity_main)
