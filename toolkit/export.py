@@ -379,16 +379,21 @@ def quiet_tensorflow_logs(flag_values) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def parity_main(argv):
-    """`python -m toolkit.parity`: re-check an existing export (exit 4 if the gate fails)."""
+def _entry_flags(argv):
+    """The parsed flags of a `python -m` entry point here, with TensorFlow's logs quieted."""
     from absl import app, flags
-
-    from toolkit.logs import error, log
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    quiet_tensorflow_logs(FLAGS)
+    quiet_tensorflow_logs(flags.FLAGS)
+    return flags.FLAGS
+
+
+def parity_main(argv):
+    """`python -m toolkit.parity`: re-check an existing export (exit 4 if the gate fails)."""
+    from toolkit.logs import error, log
+
+    FLAGS = _entry_flags(argv)
     try:
         result = verify_export(
             FLAGS.export_dir,
@@ -407,14 +412,9 @@ def parity_main(argv):
 
 
 def main(argv):
-    from absl import app, flags
-
     from toolkit.logs import error, log
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    quiet_tensorflow_logs(FLAGS)
+    FLAGS = _entry_flags(argv)
     try:
         try:
             record = ckpt_lib.load_run_record(FLAGS.model_dir)
