@@ -1,0 +1,113 @@
+"""What machine a figure came from: CPU model and features, oneDNN on or off, GPUs, library versions.
+
+`describe()` is recorded in summary.json, run.json, export.json, parity.json and the benchmark JSON;
+`cpu_class()` is the short form the start line of a run prints. TensorFlow's speed and even its
+results depend on these (oneDNN's kernels differ from Eigen's; a zero-size batch behaves
+differently under oneDNN), so a number without them cannot be compared with another.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+# the CPU flags (as /proc/cpuinfo names them) that decide which kernels TensorFlow and
+# onnxruntime use: FMA width, bf16 and fp16 arithmetic, AMX tiles
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple:
+    """(model name, set of flags) from /proc/cpuinfo; ("unknown", empty) where there is none."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine() or "unknown", frozenset(flags)
+
+
+def cpu_name() -> str:
+    return _cpuinfo()[0]
+
+
+def cpu_features() -> list:
+    """The flags of CPU_FEATURES this CPU has, in that order."""
+    flags = _cpuinfo()[1]
+    return [f for f in CPU_FEATURES if f in flags]
+
+
+def has_cpu_feature(*names: str) -> bool:
+    """True when the CPU has any of these /proc/cpuinfo flags."""
+    return bool(_cpuinfo()[1] & set(names))
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process (TF_ENABLE_ONEDNN_OPTS, else
+    TensorFlow's own default for this CPU: on for AVX-512-class x86 CPUs)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the probe: read the switch
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("1", "true")
+
+
+def gpus() -> list:
+    """[{"name", "compute_capability"}] of the GPUs TensorFlow sees (empty on a CPU-only machine)."""
+    import tensorflow as tf
+
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        cc = details.get("compute_capability")
+        found.append({"name": details.get("device_name", gpu.name), "compute_capability": ".".join(map(str, cc)) if cc else None})
+    return found
+
+
+def cpu_class() -> str:
+    """A few words for the start line: the CPU model, its widest vector unit, oneDNN on or off."""
+    features = cpu_features()
+    if "amx_bf16" in features:
+        isa = "AMX"
+    elif "avx512f" in features:
+        isa = "AVX-512" + (" BF16" if "avx512_bf16" in features else "")
+    elif "avx2" in features:
+        isa = "AVX2"
+    else:
+        isa = platform.machine() or "unknown ISA"
+    return f"{cpu_name()} ({isa}), oneDNN {'on' if onednn_enabled() else 'off'}"
+
+
+def _version(module: str):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def describe() -> dict:
+    """The `machine` object of every JSON record the toolkit writes."""
+    import tensorflow as tf
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "onednn": "on" if onednn_enabled() else "off",
+        "gpus": gpus(),
+        "tensorflow": tf.__version__,
+        "keras": _version("keras"),
+        "onnxruntime": _version("onnxruntime"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
