@@ -10,9 +10,27 @@ if ROOT not in sys.path:
 
 # ../shared/data beside the repository (the layout of our machines and CI)
 SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+HYMENOPTERA = os.path.join(SHARED_DATA, "hymenoptera")
 
 
 import pytest  # noqa: E402
+
+
+def under_ci() -> bool:
+    """True when the CI variable is set to anything but empty, 0, false, no or off."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def require_data(path: str, what: str) -> str:
+    """`path` if it exists; otherwise the test stops with the reason: a failure under CI (a suite
+    that passes by skipping proves nothing there), a skip elsewhere."""
+    if os.path.exists(path):
+        return path
+    reason = (f"{what} not found at {path}: the real photos are ../shared/data/hymenoptera beside the "
+              f"repository; set TOOLKIT_SHARED_DATA to the folder that holds hymenoptera/ (see README.md)")
+    if under_ci():
+        pytest.fail(f"{reason} [CI is set: missing data fails]", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from conftest import HYMENOPTERA, ROOT, SHARED_DATA, require_data  # noqa: F401  (one definition, in conftest)
 from toolkit.data import schema, shards
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
-HYMENOPTERA = os.path.join(SHARED_DATA, "hymenoptera")
 
 
 def pixels(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:

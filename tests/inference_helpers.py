@@ -14,19 +14,17 @@ import types
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
+from conftest import HYMENOPTERA, ROOT, SHARED_DATA, require_data  # noqa: F401  (one definition, in conftest)
 from toolkit import checkpoint as ckpt_lib
 from toolkit import export
 from toolkit.config import Config, ExportConfig
 from toolkit.data import preprocess, schema, shards
 from toolkit.models import resnet_v2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
-VAL = os.path.join(SHARED_DATA, "hymenoptera", "val")
+VAL = os.path.join(HYMENOPTERA, "val")
 CLASSES = ["ants", "bees"]
 SIZE = 32
 
@@ -34,10 +32,8 @@ _CACHE: dict = {}
 
 
 def photos(class_name: str, count: int, start: int = 0) -> list:
-    """`count` real validation photos of a class, in name order (skips if the data is absent)."""
-    folder = os.path.join(VAL, class_name)
-    if not os.path.isdir(folder):
-        pytest.skip(f"real photos not found in {folder} (set TOOLKIT_SHARED_DATA)")
+    """`count` real validation photos of a class, in name order (skips if the data is absent, fails under CI)."""
+    folder = require_data(os.path.join(VAL, class_name), f"real photos of {class_name}")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".jpg"))
     return [os.path.join(folder, n) for n in names[start : start + count]]
 

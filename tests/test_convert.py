@@ -278,11 +278,38 @@ def test_cli_refuses_an_existing_output_with_one_line(tmp_path):
 
 # ------------------------------------------------------------------ the real photos
 
+NEEDS_DATA = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import require_data
+
+def test_needs_the_photos():
+    require_data({missing!r}, "the hymenoptera photos")
+"""
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "1 failed"), (None, "1 skipped"), ("0", "1 skipped")])
+def test_missing_data_fails_under_ci_and_skips_elsewhere(tmp_path, ci, outcome):
+    """The suite cannot pass by skipping in CI: a real pytest run of a test whose data is missing."""
+    missing = str(tmp_path / "no_such" / "hymenoptera")
+    (tmp_path / "test_needs_data.py").write_text(NEEDS_DATA.format(tests=os.path.dirname(os.path.abspath(__file__)), missing=missing))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # keep the repository's options out of the inner run
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    if ci is not None:
+        env["CI"] = ci
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "-p", "no:xdist", "test_needs_data.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    summary = run.stdout.strip().splitlines()[-1]
+    assert outcome in summary, run.stdout + run.stderr
+    assert run.returncode == (1 if outcome == "1 failed" else 0)
+    assert f"the hymenoptera photos not found at {missing}" in run.stdout  # the reason is reported either way
+    assert "TOOLKIT_SHARED_DATA" in run.stdout
+    assert dh.require_data(str(tmp_path), "a folder that exists") == str(tmp_path)
+
 
 @pytest.fixture(scope="module")
 def hymenoptera(tmp_path_factory):
-    if not os.path.isdir(dh.HYMENOPTERA):
-        pytest.skip(f"{dh.HYMENOPTERA} is not there")
+    dh.require_data(dh.HYMENOPTERA, "the hymenoptera photos")
     out = tmp_path_factory.mktemp("hymenoptera") / "shards"
     return folder.convert_folder(dh.HYMENOPTERA, str(out), max_side=48, shard_size=64, workers=2, progress=False)
 

@@ -128,8 +128,7 @@ def test_two_input_pipelines_train_on_their_own_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def hymenoptera_shards(tmp_path_factory):
-    if not os.path.isdir(dh.HYMENOPTERA):
-        pytest.skip(f"{dh.HYMENOPTERA} is not there")
+    dh.require_data(dh.HYMENOPTERA, "the hymenoptera photos")
     out = tmp_path_factory.mktemp("hym") / "shards"
     folder.convert_folder(dh.HYMENOPTERA, str(out), max_side=32, shard_size=40, workers=2, progress=False)
     return out
