@@ -160,12 +160,17 @@ class Trainer:
             self._sync_statistics()
 
     def _replica_eval_step(self, images, labels):
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        loss = tf.reduce_sum(self.per_example_loss(labels, logits))
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32))
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([loss, top1, top5, count])
+        def sums():
+            logits = tf.cast(self.model(images, training=False), tf.float32)
+            loss = tf.reduce_sum(self.per_example_loss(labels, logits))
+            top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+            top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32))
+            return tf.stack([loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)])
+
+        # A replica handed an empty batch (the partial last batch split over replicas, a worker
+        # whose share of the files ran out) must not run the model: with oneDNN on, a convolution
+        # of a zero-size batch returns its input unchanged and the next layer fails on the shape.
+        return tf.cond(tf.shape(labels)[0] > 0, sums, lambda: tf.zeros([4]))
 
     def _distributed_eval_step(self, batch):
         images, labels = batch

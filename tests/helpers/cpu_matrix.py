@@ -1,0 +1,134 @@
+"""The CPU-sensitive paths in one process, for the oneDNN setting the caller put in the environment.
+
+tests/test_cpu_matrix.py runs this twice, with TF_ENABLE_ONEDNN_OPTS=1 and =0, so every check
+here runs on both kinds of CPU kernels whatever CPU the suite lands on. It prints one JSON line:
+
+- `loop`: the train step for fp32, bf16 and fp16, each eager-graph and XLA-compiled, on one
+  device: losses of a few steps on a fixed batch, and the compute dtype of the stem.
+- `empty_replica`: evaluation over two replicas of a set whose last batch leaves replica 1 with
+  nothing, beside the same evaluation on one device.
+- `run`: toolkit.training.run end to end on two CPU replicas in bf16 (train, evaluate with a
+  partial last batch, summary, export with the parity gate).
+- `infer`: batch inference over the validation shards with the exported ONNX model and the
+  SavedModel (a batch size that leaves a partial last batch).
+
+The network is ResNetV2 with one bottleneck block per stage: the same layer kinds as ResNet50V2
+(every kernel the matrix is about) at a fraction of the compile time on 2 cores.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from toolkit import distribute, loop, machine, training  # noqa: E402
+from toolkit.config import Config, DataConfig, ExportConfig, TrainConfig  # noqa: E402
+from toolkit.models import resnet_v2  # noqa: E402
+
+resnet_v2.STAGES[50] = (1, 1, 1, 1)
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def fixed_batch(n=8, size=32, classes=4):
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    images = rng.uniform(-1, 1, (n, size, size, 3)).astype("float32")
+    images[..., 0] += labels[:, None, None] * 0.5  # a learnable signal
+    return tf.constant(images), tf.constant(labels, tf.int32)
+
+
+def train_steps(precision, xla):
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    try:
+        keras.utils.set_random_seed(0)
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1, weight_decay=0)
+        with strategy.scope():
+            model = resnet_v2.build_model(4, 32)
+            optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision=precision)
+            loop.build_optimizer_state(optimizer, model)
+        trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4, xla=xla)
+        batch = fixed_batch()
+        # fp16 starts at a loss scale of 2^15 that overflows: the first steps are skipped while it halves
+        steps = 14 if precision == "fp16" else 6
+        losses = [float(trainer.train_step(batch)["loss"]) for _ in range(steps)]
+        return {"losses": losses, "stem_dtype": model.get_layer("conv1_conv").compute_dtype}
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def empty_replica_evaluation():
+    keras.utils.set_random_seed(1)
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with two.scope():
+        model2 = resnet_v2.build_model(4, 32)
+    with one.scope():
+        model1 = resnet_v2.build_model(4, 32)
+    model1.set_weights(model2.get_weights())
+    images, labels = fixed_batch(n=9)
+    # global batch 8 over 2 replicas: 4 + 4, then 1 + 0 (replica 1 gets an empty batch)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    out = {}
+    for name, strategy, model in (("two", two, model2), ("one", one, model1)):
+        trainer = loop.Trainer(model, keras.optimizers.SGD(), strategy, global_batch_size=8, num_classes=4)
+        out[name] = trainer.evaluate(strategy.experimental_distribute_dataset(ds))
+    return out
+
+
+def end_to_end(base):
+    from toolkit.data import sources
+
+    data = sources.write_demo_dataset(os.path.join(base, "data"), train_count=32, val_count=25, image_size=40,
+                                      num_shards=2)
+    config = Config(
+        data=DataConfig(data_dir=data, image_size=32, batch_size=8, seed=5),
+        train=TrainConfig(model_dir=os.path.join(base, "run"), epochs=1, steps_per_epoch=2, optimizer="sgd",
+                          learning_rate=0.01, warmup_epochs=0, precision="bf16", cpu_replicas=2, log_every=1),
+        export=ExportConfig(parity_images=0),
+    )
+    summary = training.run(config)
+    return data, {k: summary.get(k) for k in ("val_images", "val_top1", "replicas", "precision", "xla", "export",
+                                            "machine")}
+
+
+def batch_inference(export_dir, data):
+    import glob
+
+    from toolkit import inference, runtimes
+
+    files = sorted(glob.glob(os.path.join(data, "val-*")))
+    probs, errors = {}, {}
+    for backend in ("onnx", "savedmodel"):
+        model = runtimes.load_model(export_dir, backend)
+        results = list(inference.predict(model, inference.list_inputs(files), batch_size=8))
+        errors[backend] = [r.error for r in results if not r.ok]
+        probs[backend] = np.stack([r.probabilities for r in results if r.ok])
+    return {
+        "scored": {k: len(v) for k, v in probs.items()},
+        "errors": errors,
+        "max_abs_diff": float(np.max(np.abs(probs["onnx"] - probs["savedmodel"]))),
+    }
+
+
+def main():
+    distribute.setup_devices(cpu_replicas=2)
+    result = {"onednn": machine.onednn_enabled()}
+    result["loop"] = {f"{p}-{'xla' if x else 'graph'}": train_steps(p, x) for p in POLICIES for x in (False, True)}
+    result["empty_replica"] = empty_replica_evaluation()
+    with tempfile.TemporaryDirectory() as base:
+        data, result["run"] = end_to_end(base)
+        export = result["run"]["export"] or {}
+        if export.get("export_dir"):
+            result["infer"] = batch_inference(export["export_dir"], data)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

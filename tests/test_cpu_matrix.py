@@ -1,0 +1,63 @@
+"""The CPU-sensitive paths with oneDNN forced on and forced off, whatever CPU runs the suite.
+
+TensorFlow turns oneDNN on by default only on AVX-512-class x86 CPUs, and results differ between
+its kernels and Eigen's (a zero-size batch through a oneDNN convolution comes back as its input).
+tests/helpers/cpu_matrix.py runs every precision with and without XLA, two replicas with an empty
+one, a bf16 run with export and parity gate, and batch inference, once per setting.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module", params=["1", "0"], ids=["onednn-on", "onednn-off"])
+def matrix(request):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": request.param}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "helpers", "cpu_matrix.py")], capture_output=True,
+                          text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["asked"] = request.param == "1"
+    return result
+
+
+def test_the_setting_asked_for_is_the_one_tensorflow_ran(matrix):
+    assert matrix["onednn"] == matrix["asked"]
+
+
+@pytest.mark.parametrize("xla", ["graph", "xla"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_trains_with_finite_falling_loss(matrix, precision, xla):
+    got = matrix["loop"][f"{precision}-{xla}"]
+    losses = got["losses"]
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert got["stem_dtype"] == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+
+
+def test_a_replica_with_an_empty_batch_leaves_evaluation_exact(matrix):
+    two, one = matrix["empty_replica"]["two"], matrix["empty_replica"]["one"]
+    assert two["val_images"] == one["val_images"] == 9
+    assert (two["val_top1"], two["val_top5"]) == (one["val_top1"], one["val_top5"])
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+
+
+def test_a_bf16_two_replica_run_evaluates_every_image_and_passes_the_parity_gate(matrix):
+    run = matrix["run"]
+    assert (run["replicas"], run["precision"], run["xla"]) == (2, "bf16", False)  # XLA is off on CPU replicas
+    assert run["val_images"] == 25  # 3 full batches of 8, then 1 image: replica 1 gets none
+    assert run["export"]["parity_passed"] is True
+
+
+def test_batch_inference_scores_every_image_alike_in_both_formats(matrix):
+    infer = matrix["infer"]
+    assert infer["scored"] == {"onnx": 25, "savedmodel": 25}
+    assert infer["errors"] == {"onnx": [], "savedmodel": []}
+    assert infer["max_abs_diff"] < 1e-4
