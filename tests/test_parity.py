@@ -148,3 +148,24 @@ def test_gate_images_are_the_evaluation_pipeline_before_normalization(tmp_path):
     np.testing.assert_array_equal(preprocess.normalize(tf.constant(images)).numpy(), theirs[0].numpy())
     np.testing.assert_array_equal(labels, theirs[1].numpy())
     assert all(isinstance(e, bytes) and e[:2] == b"\xff\xd8" for b in ours for e in b[1])  # the JPEGs themselves
+
+
+def test_two_runs_of_one_model_are_each_judged_against_the_references_only():
+    """The ONNX model at two onnxruntime optimization levels: one level off fails itself, not the other."""
+
+    def off(images):
+        return linear_model(images, shift=np.float32(0.5) * (np.arange(NUM_CLASSES) == 0))
+
+    report = parity.measure(
+        {"keras": linear_model, "saved_model": linear_model, "onnx": linear_model, "onnx_unoptimized": off},
+        batches(8), parity.random_images(8, batch_sizes=(1, 3)), 1e-4, unpaired=[("onnx", "onnx_unoptimized")],
+    )
+    assert "onnx vs onnx_unoptimized" not in report["pairs"] and "keras vs onnx_unoptimized" in report["pairs"]
+    assert not report["passed"] and all("onnx_unoptimized" in line for line in report["failures"])
+    assert parity.format_verdicts(report, ["onnx", "onnx_unoptimized", "keras", "absent"]) == {
+        "onnx": True, "onnx_unoptimized": False, "keras": False, "absent": False,
+    }
+    report["onnxruntime"] = "1.32.0"
+    report["onnxruntime_optimization_levels"] = {"ORT_ENABLE_ALL": {"format": "onnx", "passed": True},
+                                                 "ORT_DISABLE_ALL": {"format": "onnx_unoptimized", "passed": False}}
+    assert parity.summary_lines(report)[-1] == "  onnxruntime 1.32.0: ORT_ENABLE_ALL ok, ORT_DISABLE_ALL FAILED"

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from toolkit.data.images import SIGNATURES
-from toolkit.runtimes import InferenceError, Model, one_line
+from toolkit.runtimes import InferenceError, Model, nonempty_batches, one_line
 
 MAX_PIXELS = 100_000_000  # an image decodes to 3 bytes per pixel (x4 as float32) before the resize
 MAX_FILE_BYTES = 1 << 30
@@ -243,7 +243,9 @@ def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int 
             yield Result(i, name, label, error=reason)
 
     done = 0
-    for indices, images in ds.as_numpy_iterator():
+    # tf.data's batch never emits an empty batch, not even when every input of one fails to
+    # decode; the guard keeps that a property of this loop rather than of tf.data
+    for indices, images in nonempty_batches(ds.as_numpy_iterator()):
         probabilities = np.asarray(model(images), np.float32)
         if probabilities.shape != (len(indices), len(model.class_names)):
             raise RuntimeError(f"the model returned {probabilities.shape} for {len(indices)} images and {len(model.class_names)} classes")

@@ -9,6 +9,7 @@ and onnxruntime's resize kernels differ, so clients run the shared preprocessing
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -19,20 +20,13 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
+from toolkit import export_checks, runtimes
 from toolkit.data import preprocess
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "logits")
-LAYOUTS = ("nhwc", "nchw")
 BATCH_DIM = "batch"
-MIN_OPSET = 13  # the oldest opset tf2onnx converts ResNetV2 to without workarounds
-
-
-def max_opset() -> int:
-    """The newest opset the installed tf2onnx can write."""
-    from tf2onnx import constants
-
-    return max(constants.OPSET_TO_IR_VERSION)
+LAYOUTS, MIN_OPSET, MAX_OPSET = export_checks.LAYOUTS, export_checks.MIN_OPSET, export_checks.MAX_OPSET
 
 
 @contextlib.contextmanager
@@ -128,6 +122,28 @@ def read_metadata(path: str) -> dict:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def update_metadata(path: str, values: dict) -> None:
+    """Merge `values` into the metadata_props of the .onnx file at `path`; the graph is untouched.
+    Written beside it and renamed over it, so a reader never sees half a file."""
+    model = onnx.load(path)
+    set_metadata(model, {**{p.key: p.value for p in model.metadata_props}, **values})
+    fd, tmp = tempfile.mkstemp(prefix=".metadata-", suffix=".onnx", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
 def save(proto: onnx.ModelProto, path: str) -> int:
     """Write `proto` to `path`; returns the size in bytes."""
     onnx.save(proto, path)
@@ -156,13 +172,16 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter(calibration_batches)
+    batches = runtimes.nonempty_batches(calibration_batches)
+    first = next(batches, None)
+    if first is None:  # onnxruntime would calibrate on nothing and write ranges from nothing
+        raise ValueError("int8 calibration: no images to calibrate on")
+    batches = itertools.chain([first], batches)
 
+    class Reader(CalibrationDataReader):
         def get_next(self) -> Optional[dict]:
-            batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: to_layout(batch, layout)}
+            batch = next(batches, None)
+            return None if batch is None else {INPUT_NAME: runtimes.to_layout(batch, layout)}
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out_path))) as scratch:
         prepared = os.path.join(scratch, "prepared.onnx")
@@ -185,21 +204,13 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
     onnx.save(quantized, out_path)
 
 
-def to_layout(images_nhwc: np.ndarray, layout: str) -> np.ndarray:
-    images = np.asarray(images_nhwc, dtype=np.float32)
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if layout == "nchw" else images
-
-
-def session_runner(path: str, layout: str) -> Callable[[np.ndarray], tuple]:
-    """A function from float32 NHWC [0, 255] images to (probabilities, logits) through onnxruntime."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+def session_runner(path: str, layout: str, optimization: str = runtimes.DEFAULT_OPTIMIZATION) -> Callable[[np.ndarray], tuple]:
+    """A function from float32 NHWC [0, 255] images to (probabilities, logits) through onnxruntime
+    at graph optimization level `optimization` (see runtimes.onnx_session)."""
+    _, run_outputs = runtimes.onnx_session(path, optimization=optimization, layout=layout)
 
     def run(images: np.ndarray) -> tuple:
-        probabilities, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: to_layout(images, layout)})
+        probabilities, logits = run_outputs(images, OUTPUT_NAMES)
         return probabilities, logits
 
     return run

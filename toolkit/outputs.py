@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from toolkit import reports
+from toolkit.runtimes import nonempty_batches
 from toolkit.data import shards
 
+SUMMARY = "summary.json"
 PREDICTION_GRID = 24
 CONFUSION_LIMIT = 20000  # validation images used for the confusion matrix of a very large set
 
@@ -24,10 +27,11 @@ def save_weights(model, model_dir: str) -> str:
 
 def collect_predictions(model, dataset: tf.data.Dataset, limit: int, keep_images: int) -> dict:
     """Run `model` over (normalized images, labels) batches: labels, predictions, top probability,
-    and the first `keep_images` images back in [0, 255] for display."""
+    and the first `keep_images` images back in [0, 255] for display. Empty batches are skipped (a
+    Keras model fails on one with oneDNN on)."""
     labels, predictions, confidence, images = [], [], [], []
     seen = 0
-    for batch_images, batch_labels in dataset:
+    for batch_images, batch_labels in nonempty_batches(dataset):
         probs = tf.nn.softmax(tf.cast(model(batch_images, training=False), tf.float32)).numpy()
         labels.append(batch_labels.numpy())
         predictions.append(probs.argmax(axis=1))
@@ -75,6 +79,18 @@ def best_epoch(model_dir: str) -> tuple:
     return best["val_top1"], best["epoch"]
 
 
+def validation_history(model_dir: str) -> list:
+    """Every evaluation of the run in metrics.jsonl (the parts before a resume included), in order."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    records = reports.read_metrics(path) if os.path.exists(path) else []
+    return [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in records if r.get("kind") == "val"]
+
+
+def read_summary(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, SUMMARY)) as f:
+        return json.load(f)
+
+
 def write_summary(summary: dict, model_dir: str) -> None:
-    shards.write_json_atomic(os.path.join(model_dir, "summary.json"), summary)
+    shards.write_json_atomic(os.path.join(model_dir, SUMMARY), summary)
     shards.write_text_atomic(os.path.join(model_dir, "summary.md"), reports.summary_markdown(summary))

@@ -6,6 +6,10 @@ at several batch sizes (which also proves the dynamic batch axis). Each pair of 
 max and mean absolute difference of probabilities and of logits, and top-1 / top-5 agreement;
 the gate passes when every pair stays within `atol` on probabilities, agrees on every top-1 and
 keeps logits within LOGITS_RTOL of their scale.
+The float32 ONNX model runs twice, at onnxruntime's default graph optimization level and with
+optimizations disabled (the export names them "onnx" and "onnx_unoptimized"): graph optimizations
+change the arithmetic, and both must pass; `format_verdicts` gives each format's own verdict.
+No runner is ever called on an empty batch (runtimes.nonempty_batches).
 The float16 and int8 variants are not gated (they are not meant to be exact): the report gives
 their top-1 agreement with the float32 ONNX model and their validation accuracy.
 
@@ -21,6 +25,8 @@ import json
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from toolkit.runtimes import nonempty_batches
 
 RANDOM_BATCH_SIZES = (1, 7, 32)
 BATCH_SIZE = 32
@@ -74,7 +80,7 @@ def random_images(image_size: int, batch_sizes: Sequence[int] = RANDOM_BATCH_SIZ
 def collect(runners: dict[str, Runner], batches: Iterable[np.ndarray]) -> dict:
     """Run every runner on every batch: {name: (probabilities, logits)} concatenated over batches."""
     parts = {name: ([], []) for name in runners}
-    for batch in batches:
+    for batch in nonempty_batches(batches):
         for name, run in runners.items():
             probabilities, logits = run(batch)
             parts[name][0].append(np.asarray(probabilities, np.float32))
@@ -129,10 +135,12 @@ def measure(
     bytes_runner: Optional[tuple] = None,
     variants: Optional[dict[str, Runner]] = None,
     variant_reference: str = "onnx",
+    unpaired: Iterable[tuple] = (),
 ) -> dict:
     """The parity report (what parity.json holds).
 
-    runners: {format name: Runner}, every pair is compared and gated. bytes_runner: optional
+    runners: {format name: Runner}, every pair is compared and gated except those in `unpaired`
+    (two runs of one file, each gated against the others, need no verdict of their own). bytes_runner: optional
     (name, reference, fn(list of encoded bytes) -> outputs), compared with `reference` on the
     validation images only (the bytes path's preprocessing against the shared pipeline's).
     variants: {name: Runner} compared with `variant_reference` but not gated.
@@ -141,7 +149,7 @@ def measure(
     names = list(runners)
     val_outputs = {name: ([], []) for name in [*names, *variants] + ([bytes_runner[0]] if bytes_runner else [])}
     labels = []
-    for images, encoded, batch_labels in validation:
+    for images, encoded, batch_labels in nonempty_batches(validation):
         labels.append(batch_labels)
         for name, run in {**runners, **variants}.items():
             _append(val_outputs[name], run(images))
@@ -152,7 +160,10 @@ def measure(
     rand = collect(runners, random)
 
     pairs = {}
+    skipped = {frozenset(pair) for pair in unpaired}
     for a, b in itertools.combinations(names, 2):
+        if frozenset((a, b)) in skipped:
+            continue
         sets = {}
         if val:
             sets["validation"] = compare(val[a], val[b], atol)
@@ -231,7 +242,20 @@ def summary_lines(report: dict) -> list:
             f"  {name}: top-1 agreement with {v['compared_with']} {v['top1_agreement']:.2%}, "
             f"validation accuracy {v['validation_accuracy']:.4f} (float32: {report['validation_accuracy'].get(v['compared_with'], float('nan')):.4f})"
         )
+    levels = report.get("onnxruntime_optimization_levels")
+    if levels:
+        verdicts = ", ".join(f"{level} {'ok' if v['passed'] else 'FAILED'}" for level, v in levels.items())
+        lines.append(f"  onnxruntime {report.get('onnxruntime', '?')}: {verdicts}")
     return lines
+
+
+def format_verdicts(report: dict, names: Iterable[str]) -> dict:
+    """{format name: whether every gated pair it is part of passed} (False when it is in none)."""
+    verdicts = {}
+    for name in names:
+        mine = [sets["passed"] for pair, sets in report["pairs"].items() if name in pair.split(" vs ")]
+        verdicts[name] = bool(mine) and all(mine)
+    return verdicts
 
 
 def write_report(path: str, report: dict) -> None:
