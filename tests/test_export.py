@@ -158,7 +158,10 @@ def test_export_writes_every_artifact_and_passes(exported):
 def test_parity_report_covers_every_pair_on_validation_and_random_batches(exported):
     report = json.load(open(exported.result["paths"]["parity"]))
     assert report["passed"] and report["images"] == {"validation": 24, "random": 40, "random_batch_sizes": [1, 7, 32]}
-    assert set(report["pairs"]) == {"keras vs saved_model", "keras vs onnx", "saved_model vs onnx", "keras vs saved_model_bytes"}
+    assert set(report["pairs"]) == {
+        "keras vs saved_model", "keras vs onnx", "saved_model vs onnx", "keras vs saved_model_bytes",
+        "keras vs onnx_unoptimized", "saved_model vs onnx_unoptimized",
+    }
     for name, pair in report["pairs"].items():
         for set_name in ("validation", "random") if "bytes" not in name else ("validation",):
             r = pair[set_name]
@@ -166,6 +169,88 @@ def test_parity_report_covers_every_pair_on_validation_and_random_batches(export
             assert r["max_abs_diff_logits"] <= 1e-4 and 0 <= r["mean_abs_diff_logits"] <= r["max_abs_diff_logits"]
             assert r["logits_diff_relative"] <= 1e-5
             assert r["top5_agreement"] == 1.0
+
+
+def test_onnx_is_gated_at_both_optimization_levels_on_a_recorded_machine_and_onnxruntime(exported):
+    report = json.load(open(exported.result["paths"]["parity"]))
+    assert report["onnxruntime"] == ort.__version__
+    assert report["onnxruntime_optimization_levels"] == {
+        "ORT_ENABLE_ALL": {"format": "onnx", "passed": True},
+        "ORT_DISABLE_ALL": {"format": "onnx_unoptimized", "passed": True},
+    }
+    for name in ("onnx", "onnx_unoptimized"):  # each level against the Keras model and the SavedModel
+        for reference in ("keras", "saved_model"):
+            pair = report["pairs"][f"{reference} vs {name}"]
+            assert pair["passed"] and pair["validation"]["images"] == 24 and pair["random"]["images"] == 40
+    machine = report["machine"]
+    assert machine["cpu"] and machine["onednn"] in ("on", "off") and machine["onnxruntime"] == ort.__version__
+    assert machine["tensorflow"] == tf.__version__ and isinstance(machine["cpu_features"], list)
+    record = json.load(open(exported.result["paths"]["export_record"]))
+    assert record["onnxruntime"] == ort.__version__ and record["machine"] == machine
+    assert any(line.strip() == f"onnxruntime {ort.__version__}: ORT_ENABLE_ALL ok, ORT_DISABLE_ALL ok" for line in exported.lines)
+
+
+def test_the_onnx_file_says_which_onnxruntime_and_machine_proved_it(exported):
+    meta = onnx_tools.read_metadata(exported.result["paths"]["onnx"])
+    assert meta["toolkit_parity_onnxruntime"] == ort.__version__ and meta["toolkit_parity_passed"] == "true"
+    assert json.loads(meta["toolkit_parity_optimization_levels"]) == {"ORT_ENABLE_ALL": True, "ORT_DISABLE_ALL": True}
+    assert json.loads(meta["toolkit_parity_machine"]) == json.load(open(exported.result["paths"]["parity"]))["machine"]
+    assert json.loads(meta["class_names"]) == CLASSES  # the earlier metadata is kept
+    for variant in ("onnx_fp16", "onnx_int8"):  # not gated: they claim no proof
+        assert not [k for k in onnx_tools.read_metadata(exported.result["paths"][variant]) if k.startswith("toolkit_parity")]
+    assert not [n for n in os.listdir(exported.dir) if n.startswith(".")]  # no temporary file left beside it
+
+
+def _copy_without_variants(exported, copy):
+    """A copy of the shared export without its float16 and int8 models (quicker to re-check)."""
+    shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx"))
+    record = json.load(open(copy / "export.json"))
+    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in ("onnx_fp16", "onnx_int8")}
+    (copy / "export.json").write_text(json.dumps(record))
+
+
+def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tmp_path, monkeypatch):
+    """As onnxruntime 1.30 did, the other way round: one optimization level computes the logits
+    4.5e-2 off. The session builder is patched for ORT_DISABLE_ALL only; the gate must fail, name
+    that level, and say so in the ONNX file."""
+    from toolkit import runtimes
+
+    copy = tmp_path / "export"
+    _copy_without_variants(exported, copy)
+    real = runtimes.onnx_session
+    levels = []
+
+    def builder(path, threads=0, optimization=runtimes.DEFAULT_OPTIMIZATION, layout=None):
+        levels.append(optimization)
+        session, run = real(path, threads, optimization, layout)
+        if optimization != "ORT_DISABLE_ALL":
+            return session, run
+
+        def off(images, names):
+            outputs = dict(zip(names, run(images, ["probabilities", "logits"])))
+            logits = outputs["logits"] + np.float32(4.5e-2) * (np.arange(len(CLASSES)) == 0)
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            shifted = {"logits": logits, "probabilities": e / e.sum(1, keepdims=True)}
+            return [shifted[n] for n in names]
+
+        return session, off
+
+    monkeypatch.setattr(runtimes, "onnx_session", builder)
+    result = export.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    assert sorted(levels) == ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"]
+    report = result["parity"]
+    assert not result["passed"] and not report["passed"]
+    assert report["onnxruntime_optimization_levels"]["ORT_ENABLE_ALL"]["passed"]
+    assert not report["onnxruntime_optimization_levels"]["ORT_DISABLE_ALL"]["passed"]
+    assert report["pairs"]["keras vs onnx"]["passed"] and report["pairs"]["saved_model vs onnx"]["passed"]
+    assert not report["pairs"]["keras vs onnx_unoptimized"]["passed"] and not report["pairs"]["saved_model vs onnx_unoptimized"]["passed"]
+    assert report["failures"] and all("onnx_unoptimized" in line for line in report["failures"])
+    meta = onnx_tools.read_metadata(str(copy / "model.onnx"))
+    assert meta["toolkit_parity_passed"] == "false" and meta["toolkit_parity_onnxruntime"] == ort.__version__
+    assert json.loads(meta["toolkit_parity_optimization_levels"]) == {"ORT_ENABLE_ALL": True, "ORT_DISABLE_ALL": False}
+    assert json.load(open(copy / "export.json"))["status"] == "failed"
+    assert json.load(open(copy / "parity.json"))["onnxruntime_optimization_levels"]["ORT_DISABLE_ALL"]["passed"] is False
+    assert onnx_tools.read_metadata(exported.result["paths"]["onnx"])["toolkit_parity_passed"] == "true"  # the original is untouched
 
 
 def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(exported):
@@ -251,10 +336,7 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tm
     from toolkit import flags as flags_lib
 
     copy = tmp_path / "export"
-    shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx"))
-    record = json.load(open(copy / "export.json"))
-    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in ("onnx_fp16", "onnx_int8")}
-    (copy / "export.json").write_text(json.dumps(record))
+    _copy_without_variants(exported, copy)
     model = onnx.load(str(copy / "model.onnx"))
     heads = [t for t in model.graph.initializer if list(t.dims) == [len(CLASSES)] and t.data_type == onnx.TensorProto.FLOAT]
     assert len(heads) == 1  # the classifier's bias
@@ -341,6 +423,10 @@ def _bad_inputs(tmp_path, demo, case):
         config = ExportConfig(onnx_layout="chwn")
     elif case == "bad opset":
         config = ExportConfig(opset=99)
+    elif case == "negative parity_images":
+        config = ExportConfig(parity_images=-1)
+    elif case == "negative parity_atol":
+        config = ExportConfig(parity_atol=-1.0)
     return run, config
 
 
@@ -357,6 +443,8 @@ def _bad_inputs(tmp_path, demo, case):
         ("export_dir holds other things", "--export_dir", "not empty"),
         ("bad layout", "--onnx_layout", "nhwc"),
         ("bad opset", "--opset", "99"),
+        ("negative parity_images", "--parity_images", "-1"),
+        ("negative parity_atol", "--parity_atol", "-1"),
     ],
 )
 def test_bad_inputs_fail_in_one_line_naming_the_flag(tmp_path, demo, case, flag, words):
