@@ -1,4 +1,8 @@
-"""A run killed with SIGKILL and resumed ends with the same weights as one that never stopped."""
+"""A run killed with SIGKILL and resumed ends with the same weights as one that never stopped.
+
+It runs with the precision and XLA settings a user gets by default (`--precision auto`, XLA asked
+for), which --deterministic must cope with, and with oneDNN forced on (the default of AVX-512 CPUs).
+"""
 
 import signal
 import subprocess
@@ -7,7 +11,16 @@ import time
 
 import numpy as np
 
-from test_training import ENV, ROOT, TINY, read_weights, train
+from test_training import ENV, ROOT, TINY, read_weights
+
+# the user's defaults: no --noxla, no --precision
+FLAGS = [f for f in TINY if not f.startswith(("--noxla", "--precision"))]
+ONEDNN_ON = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+def train(model_dir, *flags):
+    return subprocess.run([sys.executable, "-m", "toolkit.train", f"--model_dir={model_dir}", *FLAGS, *flags],
+                          capture_output=True, text=True, timeout=600, env=ONEDNN_ON, cwd=ROOT)
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, demo_data):
@@ -15,11 +28,13 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
              "--seed=7"]
     straight = train(tmp_path / "straight", *flags)
     assert straight.returncode == 0, straight.stderr[-3000:]
+    # XLA refuses op determinism: it is turned off with the reason, not a traceback
+    assert "XLA turned off: --deterministic" in straight.stdout and "xla=off" in straight.stdout
 
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.train", f"--model_dir={killed_dir}", *TINY, *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT,
+        [sys.executable, "-m", "toolkit.train", f"--model_dir={killed_dir}", *FLAGS, *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONEDNN_ON, cwd=ROOT,
     )
     # kill it hard once it has written the step-8 checkpoint (mid second epoch), before it ends
     deadline = time.time() + 400

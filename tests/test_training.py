@@ -44,6 +44,13 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert summary["params"] == 23_572_996  # ResNet50V2 with a 4-class head
     assert 0 <= summary["val_top1"] <= summary["val_top5"] <= 1 and np.isfinite(summary["val_loss"])
     assert summary["train_images_per_sec"] > 0
+    run_record = json.loads((model_dir / "run.json").read_text())
+    for record in (summary, run_record):  # every figure names the machine it came from
+        m = record["machine"]
+        assert m["cpu"] and m["onednn"] in ("on", "off") and m["tensorflow"] and m["keras"] and m["onnxruntime"]
+        assert isinstance(m["cpu_features"], list) and isinstance(m["gpus"], list)
+    start_line = next(line for line in first.stdout.splitlines() if "starting: ResNet50V2" in line)
+    assert start_line.endswith("oneDNN " + summary["machine"]["onednn"])  # and the start line says it
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4]
     assert any(r["kind"] == "val" and r["val_images"] == 24 for r in records)
@@ -54,13 +61,22 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert sum(map(sum, confusion["matrix"])) == 24
     assert np.trace(confusion["matrix"]) / 24 == pytest.approx(summary["val_top1"])  # same model, same images
 
+    # the same command again: the run is finished; it says so and leaves its record alone
+    summary_bytes = (model_dir / "summary.json").read_bytes()
+    again = train(model_dir, f"--data_dir={demo_data}", "--epochs=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds a finished run (4 of 4 steps)" in again.stdout
+    assert (model_dir / "summary.json").read_bytes() == summary_bytes
+
     # the same command with more epochs continues from step 4, it does not start over
     second = train(model_dir, f"--data_dir={demo_data}", "--epochs=2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stdout and "at step 4" in second.stdout
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8]
-    assert json.loads((model_dir / "summary.json").read_text())["steps"] == 8
+    resumed_summary = json.loads((model_dir / "summary.json").read_text())
+    assert resumed_summary["steps"] == 8
+    assert [h["epoch"] for h in resumed_summary["history"]] == [1, 2]  # the part before the resume kept
 
     # --fresh starts anew and keeps the old run aside
     third = train(model_dir, f"--data_dir={demo_data}", "--epochs=1", "--fresh")
@@ -75,6 +91,7 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     [
         (["--precision=fp64"], "--precision"),  # rejected by the config, before TensorFlow starts work
         (["--batch_size=9", "--cpu_replicas=2"], "--batch_size"),  # rejected once the replicas are known
+        (["--opset=99"], "--opset"),  # an export flag: refused before training, not after it
     ],
 )
 def test_bad_flags_stop_the_cli_with_one_line_naming_the_flag(tmp_path, flags, named):
@@ -99,6 +116,9 @@ def test_bad_flags_stop_the_cli_with_one_line_naming_the_flag(tmp_path, flags, n
         (["--warmup_epochs=-1"], "--warmup_epochs"),
         (["--label_smoothing=1.5"], "--label_smoothing"),
         (["--init_weights=/nonexistent/w.keras"], "--init_weights"),
+        (["--opset=99"], "--opset"),
+        (["--parity_atol=-1"], "--parity_atol"),
+        (["--parity_images=-1"], "--parity_images"),
     ],
 )
 def test_bad_flag_values_are_refused_by_the_config(argv, named):

@@ -60,6 +60,34 @@ def set_aside_previous_run(model_dir: str) -> Optional[str]:
     return dest
 
 
+def make_scratch_dir(prefix: str) -> str:
+    """A new temporary directory `<prefix><pid>-XXXX`, removed when this process exits.
+
+    A process killed with SIGKILL never runs its exit handlers, so first remove the directories
+    of this prefix whose process is gone: a worker killed and started again leaves nothing behind.
+    """
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class Checkpointer:
     """Saves and restores model, optimizer, global step and epoch; chief-only writes."""
 
@@ -71,8 +99,7 @@ class Checkpointer:
         self.directory = os.path.join(model_dir, CHECKPOINTS)
         self._scratch = None
         if not is_chief:
-            self._scratch = tempfile.mkdtemp(prefix="toolkit-worker-ckpt-")
-            atexit.register(self.close)  # also when the run ends with an error (a lost worker, a NaN)
+            self._scratch = make_scratch_dir("toolkit-worker-ckpt-")  # removed at exit, even after an error
         write_dir = self.directory if is_chief else self._scratch
         self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=keep)
         # every worker restores from the chief's directory

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
@@ -15,6 +16,13 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTHS = (50, 101, 152)
+LAYOUTS = ("nhwc", "nchw")
+# The oldest opset tf2onnx converts ResNetV2 to without workarounds.
+MIN_OPSET = 13
+# The newest opset tf2onnx 1.17 writes: max(tf2onnx.constants.OPSET_TO_IR_VERSION) == 18. Kept
+# as a number so that checking a flag does not import tf2onnx (which imports TensorFlow); a test
+# compares it with the installed tf2onnx.
+MAX_OPSET = 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +153,41 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(t.model_dir != "", "model_dir", "must be set")
     need(not d.data_dir or os.path.isdir(d.data_dir), "data_dir", f"{d.data_dir} is not a directory")
     need(not m.init_weights or os.path.isfile(m.init_weights), "init_weights", f"{m.init_weights} does not exist")
+    validate_export(config.export)
     if num_replicas is not None:
         need(
             d.batch_size % num_replicas == 0,
             "batch_size",
             f"global batch {d.batch_size} is not divisible by the {num_replicas} replicas",
         )
+
+
+def validate_export(config: ExportConfig) -> None:
+    """Raise ConfigError for an ExportConfig value the export cannot work with."""
+
+    def need(cond, flag, msg):
+        if not cond:
+            raise ConfigError(f"--{flag}: {msg}")
+
+    need(config.onnx_layout in LAYOUTS, "onnx_layout", f"must be one of {', '.join(LAYOUTS)}, got {config.onnx_layout!r}")
+    need(isinstance(config.opset, int) and not isinstance(config.opset, bool) and MIN_OPSET <= config.opset <= MAX_OPSET,
+         "opset", f"must be between {MIN_OPSET} and {MAX_OPSET} (what tf2onnx converts ResNetV2 to), got {config.opset}")
+    need(isinstance(config.parity_images, int) and config.parity_images >= 0,
+         "parity_images", f"must be 0 (every validation image) or positive, got {config.parity_images}")
+    # 0 would demand bit-identical formats, which float32 kernels of different libraries never are
+    need(isinstance(config.parity_atol, (int, float)) and 0 < config.parity_atol < math.inf,
+         "parity_atol", f"must be positive and finite, got {config.parity_atol}")
+    if config.export_dir:
+        blocker = _file_in_the_way(config.export_dir)
+        need(blocker is None, "export_dir", f"{blocker} exists and is not a directory")
+
+
+def _file_in_the_way(path: str):
+    """The nearest existing ancestor of `path` (itself included) when it is not a directory, else None."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None if os.path.isdir(path) else path

@@ -12,8 +12,10 @@ import dataclasses
 import faulthandler
 import json
 import os
+import socket
 import sys
-from typing import Optional
+import threading
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -37,15 +39,21 @@ class Runtime:
         return self.strategy.num_replicas_in_sync
 
 
-def tf_config_cluster() -> tuple[int, int, bool]:
-    """(workers in TF_CONFIG, this task's index, whether this task is the chief)."""
+def _tf_config() -> dict:
     raw = os.environ.get("TF_CONFIG", "")
     if not raw:
-        return 1, 0, True
+        return {}
     try:
-        tf_config = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+
+
+def tf_config_cluster() -> tuple[int, int, bool]:
+    """(workers in TF_CONFIG, this task's index, whether this task is the chief)."""
+    tf_config = _tf_config()
+    if not tf_config:
+        return 1, 0, True
     cluster = tf_config.get("cluster", {})
     task = tf_config.get("task", {})
     workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
@@ -188,10 +196,16 @@ def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distr
     raise ValueError(f"--distribution: unknown value {distribution!r}")
 
 
-def xla_decision(asked: bool, strategy: tf.distribute.Strategy, device_kind: str) -> tuple[bool, str]:
+def xla_decision(asked: bool, strategy: tf.distribute.Strategy, device_kind: str,
+                 deterministic: bool = False) -> tuple[bool, str]:
     """Whether to jit-compile the train step, and the reason when an asked-for XLA is turned off."""
     if not asked:
         return False, ""
+    if deterministic:
+        # enable_op_determinism makes XLA refuse the step ("GPU MaxPool gradient ops do not yet
+        # have a deterministic XLA implementation"), on a CPU too
+        return False, ("XLA turned off: --deterministic needs TensorFlow's op determinism, which XLA does not "
+                       "provide (no deterministic MaxPool gradient)")
     if device_kind == "CPU" and strategy.num_replicas_in_sync > 1:
         return False, (
             "XLA turned off: several CPU replicas cannot share an XLA-compiled step "
@@ -206,6 +220,7 @@ def make_runtime(
     xla: bool = True,
     cpu_replicas: int = 1,
     cluster_timeout: int = 0,
+    deterministic: bool = False,
 ) -> Runtime:
     """Devices, strategy, precision policy and XLA decided once, in that order."""
     setup_devices(cpu_replicas)
@@ -213,7 +228,7 @@ def make_runtime(
     resolved_precision = resolve_precision(precision)
     set_precision_policy(resolved_precision)
     device_kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    use_xla, note = xla_decision(xla, strategy, device_kind)
+    use_xla, note = xla_decision(xla, strategy, device_kind, deterministic)
     num_workers, worker_index, is_chief = tf_config_cluster() if resolved == "multi_worker" else (1, 0, True)
     if resolved == "multi_worker":
         resolver = strategy.cluster_resolver
@@ -230,6 +245,49 @@ def make_runtime(
         is_chief=is_chief,
         device_kind=device_kind,
     )
+
+
+def chief_address() -> Optional[tuple]:
+    """(host, port) of the chief task named by TF_CONFIG, or None without a cluster."""
+    cluster = _tf_config().get("cluster", {})
+    tasks = cluster.get("chief") or cluster.get("worker") or []
+    if not tasks:
+        return None
+    host, _, port = tasks[0].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ChiefWatch:
+    """On a non-chief worker: end the process soon after the chief is gone.
+
+    When the chief dies, TensorFlow's coordination service (which the chief hosts) is gone too, and
+    the other workers learn of it only when a heartbeat times out, about a minute later. A
+    connection to the chief's port is refused at once when its process has died: after `misses`
+    failed connections `interval` seconds apart, `on_lost(reason)` runs (it must end the process).
+    Stop it before the chief may leave normally (after the last collective of the run).
+    """
+
+    def __init__(self, address: tuple, on_lost: Callable[[str], None], interval: float = 1.0, misses: int = 3):
+        self.address, self.on_lost, self.interval, self.misses = address, on_lost, interval, misses
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="toolkit-chief-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        failed = 0
+        while not self._stop.wait(self.interval):
+            try:
+                socket.create_connection(self.address, timeout=max(self.interval, 1.0)).close()
+                failed = 0
+            except OSError as e:
+                failed += 1
+                if failed >= self.misses and not self._stop.is_set():
+                    host, port = self.address
+                    self.on_lost(f"the chief at {host}:{port} is gone ({e.strerror or e})")
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list:

@@ -7,12 +7,9 @@ checkpoints -> summary -> export. Every write goes to model_dir (the chief's) an
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import random
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -20,10 +17,10 @@ import tensorflow as tf
 
 from toolkit import __version__
 from toolkit import checkpoint as ckpt_lib
-from toolkit import distribute, loop, outputs
+from toolkit import distribute, loop, machine, outputs
 from toolkit.config import Config, ConfigError, validate
 from toolkit.data import pipeline, shards, sources
-from toolkit.logs import MetricsLog, log
+from toolkit.logs import MetricsLog, error, log
 from toolkit.models import resnet_v2
 
 # the record fields that must match for a resume to make sense
@@ -47,8 +44,7 @@ def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
     if is_chief:
         demo_dir = os.path.join(config.train.model_dir, "demo_data")
     else:
-        demo_dir = tempfile.mkdtemp(prefix="toolkit-worker-demo-")
-        atexit.register(shutil.rmtree, demo_dir, True)
+        demo_dir = ckpt_lib.make_scratch_dir("toolkit-worker-demo-")
     log(f"no --data_dir: generating the built-in demo dataset in {demo_dir}")
     return sources.write_demo_dataset(demo_dir)
 
@@ -81,7 +77,7 @@ def run(config: Config) -> dict:
     if workers > 1 and t.distribution in ("auto", "multi_worker"):
         limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
         log(f"worker {worker_index} of {workers} (TF_CONFIG): waiting for every worker to join ({limit})")
-    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout)
+    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout, t.deterministic)
     validate(config, num_replicas=rt.num_replicas)
     if rt.xla_note:
         log(rt.xla_note)
@@ -116,6 +112,7 @@ def run(config: Config) -> dict:
         "replicas": rt.num_replicas,
         "xla": rt.xla,
         "config": config.to_dict(),
+        "machine": machine.describe(),
     }
     if t.fresh:  # the other workers leave model_dir to the chief (it may be moving the old run aside)
         moved = ckpt_lib.set_aside_previous_run(model_dir) if rt.is_chief else None
@@ -146,12 +143,20 @@ def run(config: Config) -> dict:
 
     start_step = int(checkpointer.step.numpy())
     total_steps = t.epochs * steps_per_epoch
+    summary_path = os.path.join(model_dir, outputs.SUMMARY)
+    if start_step >= total_steps and os.path.exists(summary_path):
+        # every worker reads the same model_dir, so all of them stop here together
+        log(f"{model_dir} holds a finished run ({start_step} of {total_steps} steps): nothing to do, its "
+            f"summary.json and export are kept. More --epochs continue it, --fresh starts anew, and "
+            f"python -m toolkit.export --model_dir {model_dir} exports it again")
+        checkpointer.close()
+        return outputs.read_summary(model_dir)
     start_epoch, skip = divmod(start_step, steps_per_epoch)
     log(
         f"{'resuming from ' + restored + f' at step {start_step}' if restored else 'starting'}: "
         f"ResNet{m.depth}V2 {d.image_size}px, {num_classes} classes, {model.count_params():,} params | "
         f"{rt.distribution} x{rt.num_replicas} {rt.device_kind} replicas, {rt.precision}, xla={'on' if rt.xla else 'off'} | "
-        f"global batch {d.batch_size}, {steps_per_epoch} steps/epoch, {t.epochs} epochs"
+        f"global batch {d.batch_size}, {steps_per_epoch} steps/epoch, {t.epochs} epochs | {_device_line(rt)}"
     )
 
     l2 = t.weight_decay if t.optimizer == "adam" else 0.0
@@ -169,6 +174,7 @@ def run(config: Config) -> dict:
     iterator = iter(train_ds)
     interval = []  # (loss, correct) of the steps since the last progress line
     step = start_step
+    watch = _watch_chief(rt, checkpointer)
     try:
         for epoch in range(start_epoch, t.epochs):
             checkpointer.epoch.assign(epoch)
@@ -213,11 +219,12 @@ def run(config: Config) -> dict:
             )
             checkpointer.epoch.assign(epoch + 1)
             checkpointer.save()
+        if not eval_result:  # resumed a run that ended before its summary: evaluate once to complete it
+            eval_result = trainer.evaluate(eval_ds)
     finally:
         metrics_log.close()
-
-    if not eval_result:  # resumed a finished run: evaluate once so the summary is complete
-        eval_result = trainer.evaluate(eval_ds)
+        if watch:
+            watch.stop()  # the last collective is done: the chief may now leave
     summary = {
         **{k: eval_result[k] for k in ("val_top1", "val_top5", "val_loss")},
         "epochs": t.epochs,
@@ -235,9 +242,12 @@ def run(config: Config) -> dict:
         "data_dir": data_dir,
         "model_dir": model_dir,
         "history": history,
+        "machine": facts["machine"],
     }
     if rt.is_chief:
         best_top1, best_at = outputs.best_epoch(model_dir)
+        # the whole run's evaluations, the parts before a resume included
+        summary["history"] = outputs.validation_history(model_dir) or history
         summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=train_count,
                        val_images=eval_result.get("val_images"), config=config.to_dict())
         artifacts = {"weights": outputs.save_weights(model, model_dir)}
@@ -254,6 +264,29 @@ def run(config: Config) -> dict:
     log(f"final weights sha256 {_weights_digest(model)}")
     checkpointer.close()
     return summary
+
+
+def _device_line(rt: distribute.Runtime) -> str:
+    """What the run computes on, for the start line: the GPUs, or the CPU class and oneDNN."""
+    if rt.device_kind == "GPU":
+        gpus = machine.gpus()
+        return ", ".join(f"{g['name']} (compute {g['compute_capability']})" for g in gpus) or "GPU"
+    return machine.cpu_class()
+
+
+def _watch_chief(rt: distribute.Runtime, checkpointer: ckpt_lib.Checkpointer):
+    """On a non-chief worker of a multi-worker run: exit (code 5) within seconds of the chief's death."""
+    address = distribute.chief_address() if rt.num_workers > 1 and not rt.is_chief else None
+    if address is None:
+        return None
+
+    def lost(reason: str) -> None:
+        error(f"a worker of the multi-worker job was lost ({reason}); stop every worker and run the same command on "
+              f"each again to resume from the last checkpoint ({tf.train.latest_checkpoint(checkpointer.directory) or 'none yet: starts over'})")
+        checkpointer.close()  # os._exit runs no exit handlers
+        os._exit(distribute.EXIT_CLUSTER)  # the main thread is blocked inside a collective
+
+    return distribute.ChiefWatch(address, lost)
 
 
 def _weights_digest(model) -> str:
