@@ -37,7 +37,8 @@ import tensorflow as tf
 
 import toolkit
 from toolkit import checkpoint as ckpt_lib
-from toolkit import export_checks, machine, onnx_tools, parity, serving
+from toolkit import config as config_lib
+from toolkit import machine, onnx_tools, parity, serving
 from toolkit.config import ConfigError, ExportConfig
 from toolkit.data import shards
 from toolkit.models import resnet_v2
@@ -310,9 +311,9 @@ def _result(target: str, export_record: dict, report: dict) -> dict:
 
 
 def _check_settings(config: ExportConfig) -> None:
-    """export_checks.validate_export's verdict as an ExportError (the export's own error type)."""
+    """config_lib.validate_export's verdict as an ExportError (the export's own error type)."""
     try:
-        export_checks.validate_export(config)
+        config_lib.validate_export(config)
     except ConfigError as e:
         raise ExportError(str(e)) from e
 

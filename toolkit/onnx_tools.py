@@ -20,13 +20,14 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
-from toolkit import export_checks, runtimes
+from toolkit import config as config_lib
+from toolkit import runtimes
 from toolkit.data import preprocess
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "logits")
 BATCH_DIM = "batch"
-LAYOUTS, MIN_OPSET, MAX_OPSET = export_checks.LAYOUTS, export_checks.MIN_OPSET, export_checks.MAX_OPSET
+LAYOUTS, MIN_OPSET, MAX_OPSET = config_lib.LAYOUTS, config_lib.MIN_OPSET, config_lib.MAX_OPSET
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""toolkit.export_checks.validate_export: every bad export setting is refused in one line naming
+"""toolkit.config.validate_export: every bad export setting is refused in one line naming
 its flag, before TensorFlow or tf2onnx is imported."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from toolkit import export_checks
+from toolkit import config
 from toolkit.config import ConfigError, ExportConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 def test_bad_values_raise_a_config_error_naming_the_flag(values, flag, words):
     with pytest.raises(ConfigError) as info:
-        export_checks.validate_export(ExportConfig(**values))
+        config.validate_export(ExportConfig(**values))
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert message.startswith(flag + ":") and words in message and "\n" not in message
@@ -38,28 +38,28 @@ def test_an_export_dir_that_is_or_lies_under_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     for path in (tmp_path / "file", tmp_path / "file" / "export", tmp_path / "file" / "a" / "b"):
         with pytest.raises(ConfigError, match=r"^--export_dir: .*file exists and is not a directory"):
-            export_checks.validate_export(ExportConfig(export_dir=str(path)))
+            config.validate_export(ExportConfig(export_dir=str(path)))
     for path in (tmp_path, tmp_path / "new" / "export", ""):  # an existing dir, a dir to create, the default
-        export_checks.validate_export(ExportConfig(export_dir=str(path)))
+        config.validate_export(ExportConfig(export_dir=str(path)))
 
 
 def test_the_defaults_and_the_edges_of_the_range_pass():
-    export_checks.validate_export(ExportConfig())
-    for opset in (export_checks.MIN_OPSET, export_checks.MAX_OPSET):
-        export_checks.validate_export(ExportConfig(opset=opset, onnx_layout="nchw", parity_images=0, parity_atol=1e-6))
+    config.validate_export(ExportConfig())
+    for opset in (config.MIN_OPSET, config.MAX_OPSET):
+        config.validate_export(ExportConfig(opset=opset, onnx_layout="nchw", parity_images=0, parity_atol=1e-6))
 
 
 def test_the_opset_range_is_what_the_installed_tf2onnx_writes():
     from tf2onnx import constants
 
-    assert export_checks.MAX_OPSET == max(constants.OPSET_TO_IR_VERSION)
-    assert export_checks.MIN_OPSET in constants.OPSET_TO_IR_VERSION
+    assert config.MAX_OPSET == max(constants.OPSET_TO_IR_VERSION)
+    assert config.MIN_OPSET in constants.OPSET_TO_IR_VERSION
 
 
 def test_the_check_imports_neither_tensorflow_nor_tf2onnx():
     code = (
-        "import sys; from toolkit import export_checks; from toolkit.config import ExportConfig\n"
-        "export_checks.validate_export(ExportConfig())\n"
+        "import sys; from toolkit import config; from toolkit.config import ExportConfig\n"
+        "config.validate_export(ExportConfig())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf2onnx', 'onnx', 'onnxruntime', 'keras')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
