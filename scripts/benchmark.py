@@ -5,7 +5,8 @@
 Sections live in the SECTIONS registry: a name, a description, a function adding the section's own
 command-line arguments and a function returning a dict of results. To add one (`train`,
 `inference`, ...), write those two functions and call `register(Section(...))`; the JSON file
-gets a top-level key per section run, plus `machine`.
+gets a top-level key per section run, plus `machine` (toolkit.machine.describe(): CPU model and
+features, oneDNN on/off, GPUs, library versions; every figure names its machine).
 
 pipeline: images/s of `toolkit.data.pipeline.make_train_dataset` (random-resized crop decoded from
 the shards, flip, resize, normalize, batch) against `keras.utils.image_dataset_from_directory` on
@@ -32,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -44,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_inference  # noqa: E402  (scripts/bench_inference.py: the inference section)
 import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
+
+from toolkit import machine  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,30 +66,9 @@ def register(section: Section) -> Section:
 
 
 def machine_description() -> dict:
-    """CPU model, core counts and versions: what a reader needs to compare figures."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    import tensorflow as tf
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "platform": platform.platform(),
-    }
+    """toolkit.machine.describe() (CPU model and features, oneDNN on/off, GPUs, core counts, library
+    versions) plus the load average when the run starts: what a reader needs to compare figures."""
+    return {**machine.describe(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _cpu_seconds() -> float:
@@ -214,16 +195,16 @@ def _train_arguments(group) -> None:
 
 def peak_flops_estimate() -> float | None:
     """cores x clock x fp32 FLOPs per cycle (2 FMA units: 32 with AVX2, 64 with AVX-512); None if unknown."""
-    try:
+    if not machine.has_cpu_feature("fma"):
+        return None
+    try:  # the clock of every logical CPU (toolkit.machine records the model and flags, not the clock)
         with open("/proc/cpuinfo") as f:
-            text = f.read()
+            mhz = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
-    if not mhz or "fma" not in flags:
+    if not mhz:
         return None
-    per_cycle = 64 if "avx512f" in flags else 32
+    per_cycle = 64 if machine.has_cpu_feature("avx512f") else 32
     return len(mhz) * (sum(mhz) / len(mhz)) * 1e6 * per_cycle
 
 
@@ -296,11 +277,19 @@ def markdown_table(header: tuple, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
+def machine_line(m: dict) -> str:
+    """One line naming the machine: CPU and its features, oneDNN on/off, GPUs, cores, versions."""
+    features = ", ".join(m.get("cpu_features") or []) or "no AVX2, AVX-512 or AMX"
+    gpus = "; ".join(f"{g['name']} (compute {g.get('compute_capability') or '?'})" for g in m.get("gpus") or []) or "none"
+    versions = ", ".join(f"{label} {m[key]}" for key, label in (("python", "Python"), ("tensorflow", "TensorFlow"),
+                                                                 ("keras", "Keras"), ("onnxruntime", "onnxruntime")) if m.get(key))
+    return (f"Machine: {m['cpu']} [{features}], oneDNN {m.get('onednn', 'unknown')}, GPUs: {gpus}, "
+            f"{m['usable_cores']} usable cores, {versions}")
+
+
 def report(results: dict) -> str:
     """The results as markdown: the machine, then a table per section that has one."""
-    m = results["machine"]
-    parts = [f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, Python {m['python']}, TensorFlow {m['tensorflow']}"
-             + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
+    parts = [machine_line(results["machine"]) + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
     for name, section in SECTIONS.items():
         if name in results:
             header, rows = section.table(results[name])
