@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import inference_helpers as ih
-from test_benchmark_pipeline import load_benchmark
+from test_benchmark_pipeline import assert_names_its_machine, load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_quick_runs_every_section_in_one_command(export_with_int8, tmp_path):
         assert row in tables, row
     assert written == json.loads(json.dumps(returned))
     assert {"machine", "pipeline", "train", "inference"} <= set(written) and written["quick"] is True
+    assert_names_its_machine(written["machine"], tables.splitlines()[0])
 
     p = written["pipeline"]
     assert p["toolkit_images_per_sec"] > 0 and p["baseline_images_per_sec"] > 0 and p["train_records"] == 12

@@ -3,12 +3,16 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 import data_helpers as dh
+from toolkit import machine
 from toolkit.data import folder
+
+MACHINE_KEYS = {"cpu", "cpu_features", "onednn", "gpus", "tensorflow", "keras", "onnxruntime", "usable_cores", "load_average_at_start"}
 
 
 def load_benchmark():
@@ -17,6 +21,24 @@ def load_benchmark():
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def assert_names_its_machine(m: dict, markdown_first_line: str) -> None:
+    """The JSON's `machine` object describes this process's machine, and the markdown's first line names it."""
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+
+    assert MACHINE_KEYS <= set(m), MACHINE_KEYS - set(m)
+    assert isinstance(m["cpu"], str) and m["cpu"] and m["cpu"] == machine.cpu_name()
+    assert m["cpu_features"] == machine.cpu_features() and set(m["cpu_features"]) <= set(machine.CPU_FEATURES)
+    assert m["onednn"] == ("on" if machine.onednn_enabled() else "off")  # as TensorFlow runs it in this process
+    assert all(set(g) == {"name", "compute_capability"} and g["name"] for g in m["gpus"])
+    assert (m["tensorflow"], m["keras"], m["onnxruntime"]) == (tf.__version__, keras.__version__, onnxruntime.__version__)
+    assert 1 <= m["usable_cores"] <= m["cores"] and len(m["load_average_at_start"]) == 3
+    assert markdown_first_line.startswith(f"Machine: {m['cpu']} [")
+    assert f"oneDNN {m['onednn']}" in markdown_first_line and f"TensorFlow {m['tensorflow']}" in markdown_first_line
+    assert all(f in markdown_first_line for f in m["cpu_features"])
 
 
 def test_pipeline_section_writes_both_rates(tmp_path):
@@ -36,8 +58,21 @@ def test_pipeline_section_writes_both_rates(tmp_path):
     assert p["toolkit_cpu_ms_per_image"] > 0 and p["baseline_cpu_ms_per_image"] > 0
     assert p["baseline_dir"] == str(src / "train")  # found through the manifest
     assert p["image_size"] == 64 and p["train_records"] == 24 and written["quick"] is True
-    assert written["machine"]["cores"] >= 1 and written["machine"]["cpu"]
+    assert_names_its_machine(written["machine"], benchmark.report(written).splitlines()[0])
     assert not [f for f in os.listdir(out.parent) if ".tmp-" in f]
+
+
+def test_machine_onednn_follows_tensorflows_switch():
+    """A fresh process with TF_ENABLE_ONEDNN_OPTS forced the other way from this one reports the other
+    value: the field is what TensorFlow runs, not a guess from the CPU (both ways covered across machines)."""
+    here = load_benchmark().machine_description()["onednn"]
+    other = "off" if here == "on" else "on"
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import benchmark; "
+            "print(json.dumps(benchmark.machine_description()))")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0" if other == "off" else "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", code, os.path.join(dh.ROOT, "scripts")], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["onednn"] == other
 
 
 def test_sections_are_a_registry(tmp_path):
@@ -66,7 +101,9 @@ def test_flop_counter_on_a_model_counted_by_hand():
 def test_report_tables_every_section_and_marks_failed_variants():
     benchmark = load_benchmark()
     results = {
-        "machine": {"cpu": "Test CPU", "usable_cores": 2, "python": "3.11", "tensorflow": "2.21"}, "quick": False,
+        "machine": {"cpu": "Test CPU", "cpu_features": ["avx2", "fma", "avx512f"], "onednn": "on", "usable_cores": 2,
+                    "gpus": [{"name": "Test GPU", "compute_capability": "8.9"}], "python": "3.11", "tensorflow": "2.21",
+                    "keras": "3.15", "onnxruntime": "1.32"}, "quick": False,
         "pipeline": {"toolkit_images_per_sec": 300.0, "baseline_images_per_sec": 100.0, "ratio": 3.0,
                      "toolkit_cpu_ms_per_image": 1.5, "baseline_cpu_ms_per_image": 3.0, "load_average": [0.5, 0.4, 0.3]},
         "train": {"keras_fit_images_per_sec": 2.0, "keras_fit_flops_per_sec": 6e9, "toolkit_fp32_images_per_sec": 3.0,
@@ -76,7 +113,8 @@ def test_report_tables_every_section_and_marks_failed_variants():
     }
     text = benchmark.report(results)
     lines = text.splitlines()
-    assert lines[0].startswith("Machine: Test CPU, 2 usable cores")
+    assert lines[0] == ("Machine: Test CPU [avx2, fma, avx512f], oneDNN on, GPUs: Test GPU (compute 8.9), 2 usable cores, "
+                        "Python 3.11, TensorFlow 2.21, Keras 3.15, onnxruntime 1.32")
     assert "| toolkit make_train_dataset (shards) | 300.0 | 1.5 | 3.0x |" in lines
     assert "| toolkit_fp32 | 3.0 | 1.50x | 9.0 | 5.0% |" in lines
     assert "| keras_fit | 2.0 | 1.00x | 6.0 | unknown |" in lines
