@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,8 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert summary["params"] == 23_572_996  # ResNet50V2 with a 4-class head
     assert 0 <= summary["val_top1"] <= summary["val_top5"] <= 1 and np.isfinite(summary["val_loss"])
     assert summary["train_images_per_sec"] > 0
+    # TensorFlow's own INFO lines (checkpoint writes, ...) stay out of the console unless --verbosity is given
+    assert not re.search(r"^I\d{4} .*\.py:\d+\]", first.stdout + first.stderr, re.M), first.stderr[-2000:]
     run_record = json.loads((model_dir / "run.json").read_text())
     for record in (summary, run_record):  # every figure names the machine it came from
         m = record["machine"]
@@ -135,20 +138,36 @@ def test_bad_flag_values_are_refused_by_the_config(argv, named):
     assert message.startswith(named + ":") and "\n" not in message
 
 
-def test_demo_defaults_apply_only_to_flags_left_alone():
+def test_demo_overrides_apply_only_to_flags_left_alone():
     from absl.testing import flagsaver
 
     from toolkit import flags as flags_lib
+    from toolkit.config import DEMO_OVERRIDES
 
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.train", "--epochs=2"])
         demo = flags_lib.to_config()
-    assert demo.data.image_size == flags_lib.DEMO_DEFAULTS["image_size"] and demo.train.epochs == 2
+    assert demo.data.image_size == DEMO_OVERRIDES["image_size"] == 32 and demo.train.epochs == 2
+
+
+def test_the_command_line_and_the_library_share_one_set_of_defaults():
+    """No flag given but --data_dir: the Config equals the library's own Config() field for field."""
+    import dataclasses
+
+    from absl.testing import flagsaver
+
+    from toolkit import flags as flags_lib
+    from toolkit.config import Config
+
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.train", "--data_dir=/tmp"])
-        real = flags_lib.to_config()
-    assert real.data.image_size == 224 and real.train.epochs == 90
-    assert real.train.xla and demo.train.xla  # XLA by default: 1.7x faster training here (BENCHMARKS.md)
+        from_flags = flags_lib.to_config()
+    library = Config()
+    assert from_flags == dataclasses.replace(library, data=dataclasses.replace(library.data, data_dir="/tmp"))
+    # every field is a flag, and every flag of the trainer is a field
+    fields = {f.name for section in (library.data, library.model, library.train, library.export)
+              for f in dataclasses.fields(section)}
+    assert fields == {f.name for f in flags_lib.FLAGS.get_flags_for_module(flags_lib)}
 
 
 def test_diverging_loss_stops_with_the_step_number(tmp_path, demo_data):

@@ -7,7 +7,6 @@ ever sees these objects, never FLAGS, so it can be called from tests and other p
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional
@@ -25,66 +24,81 @@ MIN_OPSET = 13
 MAX_OPSET = 18
 
 
+def _opt(default, help: str):
+    """A config field with its command-line help: toolkit.flags defines --<field name> from it."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the TFRecord shards are and how to read them."""
+    """Where the TFRecord shards are and how to read them; the seed of every random choice."""
 
-    data_dir: str = ""  # shards + labels.txt + manifest.json; "" means the demo dataset
-    image_size: int = 224
-    batch_size: int = 64  # global, across every replica of every worker
-    label_offset: int = 0  # subtracted from stored labels (ImageNet shards count from 1)
-    crop_min_scale: float = 0.08  # random-resized-crop area range lower bound
-    cache: bool = False  # cache decoded records in memory (small datasets)
-    shuffle_buffer: int = 2048
-    deterministic: bool = False
-    seed: int = 0
+    data_dir: str = _opt("", "Directory of TFRecord shards (from toolkit.data.convert); empty: the built-in demo dataset.")
+    image_size: int = _opt(224, "Square input size in pixels, at least 32.")
+    batch_size: int = _opt(64, "GLOBAL batch size, split evenly across all replicas of all workers.")
+    label_offset: int = _opt(0, "Subtracted from stored labels, e.g. 1 for ImageNet shards that number classes 1..1000.")
+    crop_min_scale: float = _opt(0.08, "Smallest area fraction of a random-resized training crop.")
+    cache: bool = _opt(False, "Cache the encoded records in memory (small datasets).")
+    shuffle_buffer: int = _opt(2048, "Records in the shuffle buffer of each input pipeline.")
+    seed: int = _opt(0, "Seed for initialization, shuffling and augmentation.")
+    deterministic: bool = _opt(False, "Deterministic ops and input order: a killed and resumed run ends with the same "
+                                      "weights (turns XLA off, which has no deterministic mode).")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    depth: int = 50
-    num_classes: int = 0  # 0: read from the data
-    init_weights: str = ""  # .keras or .weights.h5 to start from (fine-tuning)
-    freeze_backbone: bool = False
-    sync_batchnorm: bool = False
+    """Which network, and what it starts from."""
+
+    depth: int = _opt(50, "ResNetV2 depth: 50, 101 or 152.")
+    num_classes: int = _opt(0, "Number of classes; 0 reads it from the data's labels.")
+    init_weights: str = _opt("", "Start from these weights (.keras or .weights.h5); a head of another shape is re-initialized.")
+    freeze_backbone: bool = _opt(False, "Train only the classification head (fine-tuning).")
+    sync_batchnorm: bool = _opt(False, "Synchronize BatchNorm statistics across replicas.")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    model_dir: str = "runs/default"
-    epochs: int = 10
-    steps_per_epoch: int = 0  # 0: one pass over the training split
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    weight_decay: float = 5e-5
-    label_smoothing: float = 0.0
-    precision: str = "auto"
-    xla: bool = True
-    distribution: str = "auto"
-    cpu_replicas: int = 1
-    cluster_timeout: int = 900  # seconds a multi-worker job waits at start for every worker; 0: forever
-    seed: int = 0
-    deterministic: bool = False
-    fresh: bool = False
-    log_every: int = 20
-    checkpoint_every: int = 500  # steps; a checkpoint is also written at each epoch end
-    keep_checkpoints: int = 3
-    eval_every: int = 1  # epochs
-    warmup_steps_for_speed: int = 5  # steps excluded from images/s
+    """The optimization, the hardware, and the cadences of logging, checkpoints and evaluation."""
+
+    model_dir: str = _opt("runs/default", "Where checkpoints, logs, plots, the summary and exports go; re-running resumes from it.")
+    epochs: int = _opt(90, "Training epochs.")
+    steps_per_epoch: int = _opt(0, "Steps per epoch; 0: one pass over the training split.")
+    optimizer: str = _opt("sgd", f"{'|'.join(OPTIMIZERS)}: sgd with momentum, adam, or adamw (decoupled weight decay).")
+    learning_rate: float = _opt(0.1, "Peak learning rate after warmup.")
+    momentum: float = _opt(0.9, "Momentum of the sgd optimizer (ignored by adam and adamw).")
+    warmup_epochs: float = _opt(5.0, "Epochs of linear warmup before the cosine decay.")
+    weight_decay: float = _opt(5e-5, "Weight decay of kernels (decoupled for sgd/adamw, L2 loss for adam).")
+    label_smoothing: float = _opt(0.0, "Label smoothing for the cross-entropy.")
+    precision: str = _opt("auto", f"{'|'.join(PRECISIONS)}; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on "
+                                  "CPUs with AVX512_BF16/AMX, else fp32.")
+    xla: bool = _opt(True, "XLA-compile the train step (turned off, with the reason printed, where it cannot work: "
+                           "several CPU replicas, --deterministic); --noxla skips the compile.")
+    distribution: str = _opt("auto", f"{'|'.join(DISTRIBUTIONS)}; auto: multi_worker when TF_CONFIG lists several "
+                                     "workers, mirrored over all GPUs (or CPU replicas), else one device.")
+    cpu_replicas: int = _opt(1, "Split the CPU into N logical devices (the multi-replica path without a GPU).")
+    cluster_timeout: int = _opt(900, "Multi-worker (TF_CONFIG): seconds to wait at start-up for every worker to join "
+                                     "before giving up (exit code 1, 'Timeout' on stderr); 0 waits forever. A worker "
+                                     "lost later stops the others within seconds (exit code 5).")
+    fresh: bool = _opt(False, "Start anew even if model_dir holds checkpoints (the old run is moved to model_dir/previous-*).")
+    log_every: int = _opt(20, "Steps between progress lines and metric records.")
+    checkpoint_every: int = _opt(500, "Steps between checkpoints (one is also written at each epoch end).")
+    keep_checkpoints: int = _opt(3, "How many recent checkpoints to keep.")
+    eval_every: int = _opt(1, "Epochs between evaluations on the validation split (the last epoch is always evaluated).")
+    speed_warmup_steps: int = _opt(5, "Steps left out of the reported images/s (tracing, compilation, pipeline fill).")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    export: bool = True
-    export_dir: str = ""  # "" means <model_dir>/export
-    opset: int = 17
-    onnx_layout: str = "nhwc"
-    parity_images: int = 0  # 0: every validation image
-    parity_atol: float = 1e-4
-    onnx_fp16: bool = False
-    onnx_int8: bool = False
+    """What the export writes after training, and how strictly the formats must agree."""
+
+    export: bool = _opt(True, "Export SavedModel + ONNX with the parity gate after training (--noexport to skip).")
+    export_dir: str = _opt("", "Where to export; empty: <model_dir>/export.")
+    opset: int = _opt(17, f"ONNX opset of the exported model ({MIN_OPSET}-{MAX_OPSET}).")
+    onnx_layout: str = _opt("nhwc", f"Input layout of the ONNX model: {' or '.join(LAYOUTS)}.")
+    parity_images: int = _opt(0, "Validation images used by the parity gate; 0: all.")
+    parity_atol: float = _opt(1e-4, "Largest allowed absolute difference of probabilities between formats.")
+    onnx_fp16: bool = _opt(False, "Also write a float16 ONNX model.")
+    onnx_int8: bool = _opt(False, "Also write an int8 (static quantization) ONNX model.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,25 +111,20 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        return cls(
-            data=DataConfig(**d.get("data", {})),
-            model=ModelConfig(**d.get("model", {})),
-            train=TrainConfig(**d.get("train", {})),
-            export=ExportConfig(**d.get("export", {})),
-        )
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
 
-    def replace(self, **sections) -> "Config":
-        """A copy with whole sections or single fields replaced: replace(train={'epochs': 3})."""
-        updated = {}
-        for name, value in sections.items():
-            current = getattr(self, name)
-            updated[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
-        return dataclasses.replace(self, **updated)
+# The built-in demo dataset (no --data_dir) is small 32 px textures: these settings replace the
+# defaults above for every flag the user leaves alone, so the plain `python -m toolkit.train`
+# finishes in minutes on a laptop CPU.
+DEMO_OVERRIDES = {
+    "image_size": 32,
+    "batch_size": 32,
+    "epochs": 3,
+    "learning_rate": 0.05,
+    "warmup_epochs": 1.0,
+    "crop_min_scale": 0.25,
+}
 
 
 class ConfigError(ValueError):
@@ -148,6 +157,8 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(t.log_every >= 1, "log_every", f"must be at least 1, got {t.log_every}")
     need(t.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
     need(t.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, got {t.keep_checkpoints}")
+    need(t.eval_every >= 1, "eval_every", f"must be at least 1, got {t.eval_every}")
+    need(t.speed_warmup_steps >= 0, "speed_warmup_steps", f"must be zero or positive, got {t.speed_warmup_steps}")
     need(m.num_classes >= 0, "num_classes", f"must be positive (or 0 to read it from the data), got {m.num_classes}")
     need(0 < d.crop_min_scale <= 1, "crop_min_scale", f"must be in (0, 1], got {d.crop_min_scale}")
     need(t.model_dir != "", "model_dir", "must be set")

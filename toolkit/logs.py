@@ -16,6 +16,15 @@ def log(message: str) -> None:
     print(f"[toolkit {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def quiet_tensorflow_logs(verbosity_given: bool) -> None:
+    """Keep TensorFlow's INFO lines (every SavedModel tensor, each checkpoint write, each collective
+    of a multi-worker run) out of the progress log, unless --verbosity was given to bring them back."""
+    from absl import logging as absl_logging
+
+    if not verbosity_given:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 

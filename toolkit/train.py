@@ -25,8 +25,9 @@ def main(argv):
     import tensorflow as tf
 
     from toolkit import distribute, training
-    from toolkit.logs import error
+    from toolkit.logs import error, quiet_tensorflow_logs
 
+    quiet_tensorflow_logs(flags_lib.FLAGS["verbosity"].present)
     config = None
     try:
         config = flags_lib.to_config()

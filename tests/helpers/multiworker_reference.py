@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import tensorflow as tf  # noqa: E402
 
 from toolkit import flags as flags_lib  # noqa: E402
-from toolkit import distribute, loop, training  # noqa: E402
+from toolkit import distribute, loop, session  # noqa: E402
 from toolkit.data import pipeline, shards  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 
@@ -44,7 +44,7 @@ def main():
     t, d, m = config.train, config.data, config.model
     assert t.precision == "fp32" and t.optimizer == "sgd", "the reference covers the fp32 sgd case"
     distribute.set_precision_policy("fp32")
-    training._seed_everything(t.seed, t.deterministic)  # as training.run does before building the model
+    session.seed_everything(d.seed, d.deterministic)  # as toolkit.session.setup does before building the model
 
     info = shards.read_dataset_info(d.data_dir)
     num_classes = m.num_classes or info.num_classes

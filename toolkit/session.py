@@ -1,0 +1,219 @@
+"""`setup(config) -> Session`: everything a training run needs before its first step.
+
+In order: the runtime (devices, strategy, precision, XLA), the data facts (classes, counts, steps
+per epoch), the model, optimizer and checkpointer in the strategy's scope, the restore of the
+latest checkpoint, the workers' agreement on where to resume, the run record (run.json) and the
+input pipelines positioned at the resume point. toolkit.training's `fit` and `finish` take it
+from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from toolkit import __version__
+from toolkit import checkpoint as ckpt_lib
+from toolkit import distribute, loop, machine, outputs
+from toolkit.config import Config, ConfigError, DataConfig, validate
+from toolkit.data import pipeline, shards, sources
+from toolkit.logs import log
+from toolkit.models import resnet_v2
+
+# the record fields that must match for a resume to make sense
+_SHAPING_FIELDS = ("num_classes", "image_size", "depth")
+
+
+@dataclasses.dataclass
+class Session:
+    """One run's parts, as `setup` made them."""
+
+    config: Config
+    runtime: distribute.Runtime
+    data: DataConfig  # config.data with data_dir resolved (the demo dataset's, when none was given)
+    info: shards.DatasetInfo
+    facts: dict  # the run record written to run.json: classes, image size, precision, machine, config
+    steps_per_epoch: int
+    start_step: int
+    restored: Optional[str]  # the checkpoint resumed from, if any
+    model: keras.Model
+    optimizer: object
+    checkpointer: ckpt_lib.Checkpointer
+    trainer: loop.Trainer
+    train_dataset: object = None  # distributed, positioned at start_step
+    eval_dataset: object = None  # distributed, the validation split
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.steps_per_epoch
+
+    @property
+    def model_dir(self) -> str:
+        return self.config.train.model_dir
+
+    @property
+    def finished(self) -> bool:
+        """The checkpoint is at the last step and the run's summary was written: nothing left to do."""
+        return self.start_step >= self.total_steps and os.path.exists(os.path.join(self.model_dir, outputs.SUMMARY))
+
+
+def setup(config: Config) -> Session:
+    """Build everything for a run of `config`, restored from model_dir's latest checkpoint when there is one.
+
+    Raises ConfigError (one line naming the flag) for settings that cannot work here.
+    """
+    rt = _runtime(config)
+    data, info, steps_per_epoch = _data_facts(config, rt)
+    facts = _run_record(config, rt, data, info)
+    _check_or_set_aside(config, rt, facts)
+    model, optimizer, checkpointer, trainer = _build(config, rt, facts["num_classes"], steps_per_epoch)
+    restored = None if config.train.fresh else checkpointer.restore_latest()
+    start_step = _agreed_start(rt, checkpointer, config.train.model_dir)
+    if rt.is_chief:
+        ckpt_lib.save_run_record(config.train.model_dir, facts)
+    session = Session(config, rt, data, info, facts, steps_per_epoch, start_step, restored, model, optimizer,
+                      checkpointer, trainer)
+    if not session.finished:
+        start_epoch, skip = divmod(start_step, steps_per_epoch)
+        session.train_dataset = rt.strategy.distribute_datasets_from_function(
+            lambda ctx: pipeline.make_train_dataset(data, info.split_files("train"), steps_per_epoch, ctx, start_epoch, skip))
+        session.eval_dataset = rt.strategy.distribute_datasets_from_function(
+            lambda ctx: pipeline.make_eval_dataset(data, info.split_files("val"), ctx))
+    return session
+
+
+def _runtime(config: Config) -> distribute.Runtime:
+    """Validate, join the cluster (multi-worker), decide strategy, precision and XLA, seed everything."""
+    validate(config)
+    t, d = config.train, config.data
+    workers, worker_index, _ = distribute.tf_config_cluster()
+    if workers > 1 and t.distribution in ("auto", "multi_worker"):
+        limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
+        log(f"worker {worker_index} of {workers} (TF_CONFIG): waiting for every worker to join ({limit})")
+    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout, d.deterministic)
+    validate(config, num_replicas=rt.num_replicas)
+    if rt.xla_note:
+        log(rt.xla_note)
+    seed_everything(d.seed, d.deterministic)
+    return rt
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; with `deterministic`, turn on TF's op determinism."""
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
+    """The shard directory to train on; generates the demo dataset when none is given.
+
+    Only the chief writes into model_dir. Other workers generate their own copy in a temporary
+    directory deleted when they exit: the generator is seeded, so every copy is byte-identical and
+    the per-worker file shares line up, and no worker waits on files another one writes (which
+    would hang when model_dir is not shared).
+    """
+    if config.data.data_dir:
+        return config.data.data_dir
+    if is_chief:
+        os.makedirs(config.train.model_dir, exist_ok=True)
+        demo_dir = os.path.join(config.train.model_dir, "demo_data")
+    else:
+        demo_dir = ckpt_lib.make_scratch_dir("toolkit-worker-demo-")
+    log(f"no --data_dir: generating the built-in demo dataset in {demo_dir}")
+    return sources.write_demo_dataset(demo_dir)
+
+
+def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
+    """(DataConfig with data_dir resolved, DatasetInfo, steps per epoch)."""
+    d, m, t = config.data, config.model, config.train
+    if rt.is_chief:  # the other workers only read model_dir (the chief's checkpoints)
+        os.makedirs(t.model_dir, exist_ok=True)
+    data_dir = resolve_data_dir(config, rt.is_chief)
+    info = shards.read_dataset_info(data_dir)
+    if not (m.num_classes or info.num_classes):
+        raise ConfigError(f"--num_classes: {data_dir} names no classes (no labels.txt); set --num_classes")
+    if info.num_classes and m.num_classes and m.num_classes < info.num_classes:
+        raise ConfigError(f"--num_classes: {m.num_classes} is fewer than the {info.num_classes} classes in {data_dir}")
+    train_count = info.counts.get("train", 0)
+    steps_per_epoch = t.steps_per_epoch or train_count // d.batch_size
+    if steps_per_epoch == 0:
+        hint = "set --steps_per_epoch (shards without a manifest)" if not train_count else f"only {train_count} training images"
+        raise ConfigError(f"--batch_size: {d.batch_size} leaves no full batch per epoch ({hint})")
+    return dataclasses.replace(d, data_dir=data_dir), info, steps_per_epoch
+
+
+def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: shards.DatasetInfo) -> dict:
+    num_classes = config.model.num_classes or info.num_classes
+    return {
+        "toolkit_version": __version__,
+        "num_classes": num_classes,
+        "class_names": list(info.class_names) or [str(i) for i in range(num_classes)],
+        "image_size": data.image_size,
+        "depth": config.model.depth,
+        "data_dir": data.data_dir,
+        "precision": rt.precision,
+        "distribution": rt.distribution,
+        "replicas": rt.num_replicas,
+        "xla": rt.xla,
+        "config": config.to_dict(),
+        "machine": machine.describe(),
+    }
+
+
+def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> None:
+    """--fresh: move an earlier run aside (the chief); else refuse to resume a run of another shape."""
+    model_dir = config.train.model_dir
+    if config.train.fresh:  # the other workers leave model_dir to the chief (it may be moving the old run aside)
+        moved = ckpt_lib.set_aside_previous_run(model_dir) if rt.is_chief else None
+        if moved:
+            log(f"--fresh: the previous run was moved to {moved}")
+        return
+    if not os.path.exists(os.path.join(model_dir, ckpt_lib.RUN_RECORD)):
+        return
+    record = ckpt_lib.load_run_record(model_dir)
+    for key in _SHAPING_FIELDS:
+        if key in record and record[key] != facts[key]:
+            raise ConfigError(
+                f"--{key}: {model_dir} holds a run with {key}={record[key]}, this run has {facts[key]}; "
+                "use --fresh or another --model_dir"
+            )
+
+
+def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_epoch: int) -> tuple:
+    """(model, optimizer, checkpointer, trainer), their variables created in the strategy's scope."""
+    d, m, t = config.data, config.model, config.train
+    with rt.strategy.scope():
+        model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
+        if m.init_weights:
+            copied = resnet_v2.load_initial_weights(model, m.init_weights)
+            log(f"--init_weights: copied {copied} layers from {m.init_weights}")
+        optimizer = loop.make_optimizer(t, steps_per_epoch, rt.precision)
+        loop.build_optimizer_state(optimizer, model)
+        checkpointer = ckpt_lib.Checkpointer(t.model_dir, rt.is_chief, t.keep_checkpoints, model=model,
+                                             optimizer=optimizer)
+    l2 = t.weight_decay if t.optimizer == "adam" else 0.0
+    trainer = loop.Trainer(model, optimizer, rt.strategy, d.batch_size, num_classes, t.label_smoothing, l2, rt.xla)
+    return model, optimizer, checkpointer, trainer
+
+
+def _agreed_start(rt: distribute.Runtime, checkpointer: ckpt_lib.Checkpointer, model_dir: str) -> int:
+    """The restored step, checked equal on every worker (all of them raise otherwise, so all stop)."""
+    step = int(checkpointer.step.numpy())
+    if rt.num_workers > 1:
+        steps = distribute.gather_from_workers(rt.strategy, step)
+        if len(set(steps)) > 1:
+            raise ConfigError(
+                f"--model_dir: the workers restored different steps {steps}; every worker must read the chief's "
+                f"{model_dir} (one shared directory: NFS, GCS, a ReadWriteMany volume) and get the same flags"
+            )
+    return step
