@@ -1,0 +1,143 @@
+"""Atomic writes: a file or a directory is written under a temporary name beside its final path
+and renamed over it, so a reader sees the old version or the new one, never half of one.
+
+Every file the toolkit leaves behind (run.json, summaries, reports, prediction files, exports,
+shards, manifests) is written through here. Temporary names start with ".tmp-" (hidden, and never
+matched by a shard glob such as `train-*`); the final name is their suffix, so a tool that insists
+on an extension (Keras' `.weights.h5`) accepts them. Files and directories get the usual mode of
+the process umask (0644 / 0755 under umask 022), never mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def temporary_path(path: str, kind: str = "tmp") -> str:
+    """A fresh hidden name beside `path`: DIR/.{kind}-{random}-{basename}."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{kind}-{secrets.token_hex(4)}-{base}")
+
+
+class AtomicFile:
+    """An open file under a temporary name; commit() renames it to `path`, abort() removes it.
+
+    Usable as a context manager (`with AtomicFile(path) as f:`): it commits when the block ends
+    normally and aborts on an exception. For a file written over time (prediction files), keep the
+    object and call commit() or abort().
+
+    Args:
+      path: the final path; its directory must exist.
+      mode: "w" (text) or "wb" (bytes).
+      newline: as for `open` (text mode only).
+    """
+
+    def __init__(self, path: str, mode: str = "w", newline: str | None = None):
+        if mode not in ("w", "wb"):
+            raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+        self.path = path
+        self.tmp = temporary_path(path)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        self.file = os.fdopen(fd, mode, newline=newline) if mode == "w" else os.fdopen(fd, mode)
+
+    def commit(self) -> None:
+        """Flush the data to disk and rename the file into place."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; `path` keeps what it held before."""
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace the file at `path` with `data`."""
+    with AtomicFile(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace the file at `path` with `text` (UTF-8)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+    """Replace the file at `path` with `obj` as indented JSON and a final newline."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_with(path: str, write: Callable[[str], T]) -> T:
+    """Replace the file at `path` with what `write(temporary_path)` writes there.
+
+    For files another library writes by name (Keras weights, ONNX models, PNG figures, TFRecord
+    shards). Returns what `write` returns; if it raises, the temporary file is removed and `path`
+    is untouched.
+    """
+    tmp = temporary_path(path)
+    try:
+        result = write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return result
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def directory(path: str) -> Iterator[str]:
+    """Build a directory under a temporary name and rename it to `path` when the block ends.
+
+    Yields the temporary directory (beside `path`, whose parent is created if needed). When the
+    block ends normally an earlier directory at `path` is replaced (moved aside, then deleted);
+    on an exception the temporary directory is deleted and `path` is untouched.
+    """
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temporary_path(path)
+    os.mkdir(tmp)  # mode 0777 less the umask (mkdtemp would make it 0700)
+    try:
+        yield tmp
+        _replace_directory(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_directory(tmp: str, path: str) -> None:
+    if not os.path.isdir(path):
+        os.replace(tmp, path)
+        return
+    old = temporary_path(path, "old")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
