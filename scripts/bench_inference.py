@@ -13,7 +13,7 @@ onnx_fp32_end_to_end_images_per_sec is toolkit.inference.predict from the photo 
 in parallel with the model), what scripts/batch_infer.py achieves.
 
 Without --inference_export_dir an export is built once (and kept in --inference_workdir): the photo
-folder converted to shards, a ResNet50V2, toolkit.export.export_model with --onnx_int8 (calibrated
+folder converted to shards, a ResNet50V2, toolkit.exporting.export_model with --onnx_int8 (calibrated
 on the training photos). Its weights are --inference_weights (a trained run's model.weights.h5,
 e.g. the hymenoptera small-data run of README.md, loaded into the model at this image size), or
 random: then the 2-class head is rescaled so that about half the photos go to each class (a fresh
@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import tempfile
 import time
 
 import numpy as np
+from bench_clock import cpu_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
@@ -49,11 +49,6 @@ def add_arguments(group) -> None:
     group.add_argument("--inference_rounds", type=int, default=2)
     group.add_argument("--inference_keras_images", type=int, default=16, help="images given to model.predict one at a time")
     group.add_argument("--inference_threads", type=int, default=0, help="threads of onnxruntime; 0: its default (every core)")
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def spread_head(model, images: np.ndarray) -> None:
@@ -77,7 +72,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     import keras
 
     from toolkit import checkpoint as ckpt_lib
-    from toolkit import export
+    from toolkit import exporting
     from toolkit.config import Config, ExportConfig
     from toolkit.data import folder, shards
     from toolkit.models import resnet_v2
@@ -87,7 +82,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
     base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}")
     target = os.path.join(base, "export")
-    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, export.EXPORT_RECORD)):
+    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, exporting.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")
         return target
     data_dir, model_dir = os.path.join(base, "shards"), os.path.join(base, "run")
@@ -101,24 +96,24 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     elif info.num_classes == 2:
         spread_head(model, np.concatenate([b[0] for b in _batches(info.split_files("train"), size, 64)]))
     os.makedirs(model_dir, exist_ok=True)
-    model.save_weights(os.path.join(model_dir, export.WEIGHTS))
+    model.save_weights(os.path.join(model_dir, exporting.WEIGHTS))
     ckpt_lib.save_run_record(model_dir, {
         "toolkit_version": "bench", "num_classes": info.num_classes, "class_names": list(info.class_names), "image_size": size,
         "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
     start = time.time()
     try:
-        export.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, parity_images=32), log=log)
-    except export.ParityError as e:  # the artifacts are in place; the benchmark still measures them
+        exporting.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, parity_images=32), log=log)
+    except exporting.ParityError as e:  # the artifacts are in place; the benchmark still measures them
         log(f"inference: {e}")
     log(f"inference: export built in {time.time() - start:.0f} s")
     return target
 
 
 def _batches(files, size, limit):
-    from toolkit import parity
+    from toolkit.data import records
 
-    return parity.image_batches(files, size, limit)
+    return records.image_batches(files, size, limit)
 
 
 def load_images(folder: str, size: int, limit: int) -> tuple:
@@ -135,11 +130,11 @@ def load_images(folder: str, size: int, limit: int) -> tuple:
 
 
 def _keras_model(export_dir: str, record: dict):
-    from toolkit import export
+    from toolkit import exporting
     from toolkit.models import resnet_v2
 
     try:
-        model, _ = export.rebuild_float32(record["model_dir"], export.read_run(record["model_dir"]))
+        model, _ = exporting.rebuild_float32(record["model_dir"], exporting.read_run(record["model_dir"]))
         return model
     except (KeyError, ValueError, OSError):
         return resnet_v2.build_model(record["num_classes"], record["image_size"], record.get("depth", 50))  # same speed
@@ -148,10 +143,10 @@ def _keras_model(export_dir: str, record: dict):
 def timed(run, images: np.ndarray, batch: int) -> tuple:
     """(images/s, CPU ms per image, outputs) of one pass over images."""
     outputs = []
-    cpu, start = _cpu_seconds(), time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for s in range(0, len(images), batch):
         outputs.append(np.asarray(run(images[s: s + batch])))
-    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return len(images) / elapsed, 1000.0 * cpu / len(images), np.concatenate(outputs)
 
 

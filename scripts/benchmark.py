@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import sys
 import time
 from typing import Callable
@@ -43,9 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_inference  # noqa: E402  (scripts/bench_inference.py: the inference section)
+from bench_clock import cpu_seconds  # noqa: E402
 import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
 
-from toolkit import machine  # noqa: E402
+from toolkit import atomic, machine  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +71,6 @@ def machine_description() -> dict:
     return {**machine.describe(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: int) -> tuple:
     """(images/s, CPU ms per image) of a fresh iterator over make_dataset(), after warm-up, over
     `seconds`. CPU time per image is the per-core cost: it hardly moves when other processes
@@ -83,11 +78,11 @@ def images_per_second(make_dataset: Callable, seconds: float, warmup_batches: in
     iterator = iter(make_dataset())
     for _ in range(warmup_batches):
         next(iterator)
-    count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
+    count, start, cpu = 0, time.perf_counter(), cpu_seconds()
     while (elapsed := time.perf_counter() - start) < seconds:
         images, _ = next(iterator)
         count += int(images.shape[0])
-    cpu = _cpu_seconds() - cpu
+    cpu = cpu_seconds() - cpu
     del iterator
     return count / elapsed, 1000.0 * cpu / max(count, 1)
 
@@ -333,18 +328,15 @@ def main(argv=None) -> dict:
     text = report(results)
     print("\n" + text, flush=True)
     if args.json:
-        _write_atomic(args.json, json.dumps(results, indent=2) + "\n")
+        _write(args.json, json.dumps(results, indent=2) + "\n")
     if args.markdown:
-        _write_atomic(args.markdown, text)
+        _write(args.markdown, text)
     return results
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 if __name__ == "__main__":

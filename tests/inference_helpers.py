@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from conftest import HYMENOPTERA, ROOT, SHARED_DATA, require_data  # noqa: F401  (one definition, in conftest)
 from toolkit import checkpoint as ckpt_lib
-from toolkit import export
+from toolkit import exporting
 from toolkit.config import Config, ExportConfig
 from toolkit.data import preprocess, schema, shards
 from toolkit.models import resnet_v2
@@ -94,7 +94,7 @@ def tiny_export(tmp_path_factory) -> types.SimpleNamespace:
         "toolkit_version": "0.1.0", "num_classes": len(CLASSES), "class_names": CLASSES, "image_size": SIZE,
         "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
-    result = export.export_model(model_dir, ExportConfig(parity_images=8), log=lambda _: None)
+    result = exporting.export_model(model_dir, ExportConfig(parity_images=8), log=lambda _: None)
     assert result["passed"], result["failures"]
     _CACHE["export"] = types.SimpleNamespace(
         dir=result["export_dir"], onnx=result["paths"]["onnx"], saved_model=os.path.join(result["export_dir"], "saved_model"),

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit import export, inference, runtimes
+from toolkit import exporting, inference, runtimes
 
 SCRIPT = os.path.join(ih.ROOT, "scripts", "batch_infer.py")
 
@@ -67,6 +67,7 @@ def csv_probabilities(rows, class_names):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnx", "savedmodel"])
 def test_predictions_equal_the_saved_models_on_real_photos(model, good_photos, tmp_path, capsys, backend):
     folder, paths = good_photos
@@ -87,6 +88,7 @@ def test_predictions_equal_the_saved_models_on_real_photos(model, good_photos, t
     assert (backend + " ") in stdout
 
 
+@pytest.mark.slow
 def test_jsonl_output_and_tfrecord_input_agree_with_the_folder(model, good_photos, tmp_path, capsys):
     folder, paths = good_photos
     shard = ih.write_shard(str(tmp_path / "photos.tfrecord"), [(p, 0) for p in paths])
@@ -123,6 +125,7 @@ def _encode(image, fmt):
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_a_mixed_folder_scores_the_good_files_and_reports_the_rest(model, tmp_path, capsys):
     folder = tmp_path / "mixed"
     good = ih.copy_into(str(folder), ih.photos("ants", 2, start=20))
@@ -145,6 +148,7 @@ def test_a_mixed_folder_scores_the_good_files_and_reports_the_rest(model, tmp_pa
     assert abs(float(rows["small.png"]["probability_1"]) - png.max()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_nothing_scored_exits_1_but_still_writes_the_reasons(model, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -157,6 +161,7 @@ def test_nothing_scored_exits_1_but_still_writes_the_reasons(model, tmp_path, ca
     assert all(r["status"] == "failed" and r["error"] for r in rows)
 
 
+@pytest.mark.slow
 def test_a_crash_mid_run_leaves_an_earlier_output_untouched(model, good_photos, tmp_path, monkeypatch):
     folder, _ = good_photos
     out = tmp_path / "p.csv"
@@ -176,6 +181,7 @@ def cli(args, cwd):
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=ih.ENV, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_command_line_end_to_end(model, good_photos, tmp_path):
     folder, paths = good_photos
     out = tmp_path / "deep" / "p.csv"
@@ -185,6 +191,7 @@ def test_the_command_line_end_to_end(model, good_photos, tmp_path):
     assert proc.stdout.strip().splitlines()[-1].startswith(f"batch_infer: {len(paths)} images scored")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, words", [
     ("empty folder", "--inputs: no files in"),
     ("no such input", "--inputs: "),
@@ -235,7 +242,7 @@ def test_list_inputs_reads_folders_globs_and_shard_directories(tmp_path):
 
 def test_the_export_artifact_names_are_the_ones_inference_looks_for():
     assert (runtimes.EXPORT_ONNX, runtimes.EXPORT_SAVED_MODEL, runtimes.EXPORT_LABELS) == (
-        export.ONNX_FILES["onnx"], export.SAVED_MODEL, export.LABELS)
+        exporting.ONNX_FILES["onnx"], exporting.SAVED_MODEL, exporting.LABELS)
 
 
 def test_check_image_caps_pixels_from_the_header_alone():

@@ -16,7 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from toolkit import parity, runtimes
+from toolkit import parity_gate as parity
+from toolkit import runtimes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 8, 3
@@ -146,7 +147,7 @@ def test_with_onednn_on_a_keras_model_fails_on_an_empty_batch_and_the_loops_neve
     is real here), the gate's Keras runner and the end-of-run reports go through batches that hold one."""
     code = textwrap.dedent(f"""
         import json, numpy as np, tensorflow as tf, keras
-        from toolkit import machine, outputs, parity, serving
+        from toolkit import machine, outputs, parity_gate as parity, serving
         model = keras.Sequential([keras.Input(({SIZE}, {SIZE}, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense({CLASSES})])
         empty = np.zeros((0, {SIZE}, {SIZE}, 3), np.float32)

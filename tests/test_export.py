@@ -1,4 +1,5 @@
-"""toolkit.export end to end on a 32 px ResNet50V2: artifacts, parity gate, dtypes, layouts, failures.
+"""toolkit.exporting end to end on a 32 px ResNet50V2: artifacts, parity gate, dtypes, layouts, failures;
+its command lines (python -m toolkit.export, python -m toolkit.parity): flags and exit codes.
 
 One export (weights trained a step under mixed_bfloat16, exported while that policy is still set,
 as the trainer leaves it) is shared by most tests; a second one covers mixed_float16, a model_dir
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import types
@@ -21,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from toolkit import checkpoint as ckpt_lib
-from toolkit import export, onnx_tools
+from toolkit import export, exporting, onnx_tools, parity
 from toolkit.config import Config, DataConfig, ExportConfig
 from toolkit.data import pipeline, preprocess, shards, sources
 from toolkit.models import resnet_v2
@@ -96,7 +98,7 @@ def make_run(model_dir, data_dir, policy, save="weights"):
 
 
 def assert_same_weights(model_dir, original):
-    rebuilt, _ = export.rebuild_float32(model_dir, export.read_run(model_dir))
+    rebuilt, _ = exporting.rebuild_float32(model_dir, exporting.read_run(model_dir))
     assert len(rebuilt.weights) == len(original)
     for v, w in zip(rebuilt.weights, original):
         assert v.dtype == "float32"
@@ -134,12 +136,13 @@ def exported(tmp_path_factory, demo):
     weights = make_run(model_dir, demo, "mixed_bfloat16")
     lines = []
     with global_policy("mixed_bfloat16"):  # the trainer's process still has its policy set
-        result = export.export_model(model_dir, ExportConfig(onnx_fp16=True, onnx_int8=True), log=lines.append)
+        result = exporting.export_model(model_dir, ExportConfig(onnx_fp16=True, onnx_int8=True), log=lines.append)
         policy_after = keras.mixed_precision.global_policy().name
     return types.SimpleNamespace(result=result, dir=result["export_dir"], model_dir=model_dir, weights=weights,
                                  lines=lines, policy_after=policy_after)
 
 
+@pytest.mark.slow
 def test_export_writes_every_artifact_and_passes(exported):
     r = exported.result
     assert r["passed"] and r["failures"] == []
@@ -148,6 +151,12 @@ def test_export_writes_every_artifact_and_passes(exported):
         ["saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "labels.txt", "parity.json", "export.json"]
     )
     assert not [n for n in os.listdir(exported.model_dir) if ".tmp-" in n or ".old-" in n]
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory, dirs, files in os.walk(r["export_dir"]):  # readable by a serving user, as the umask says
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o777 & ~umask, directory
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(directory, f)).st_mode) == 0o666 & ~umask, f
     record = json.load(open(r["paths"]["export_record"]))
     assert record["status"] == "passed" and record["class_names"] == CLASSES and record["trained_precision"] == "bf16"
     assert record["exported_dtype"] == "float32" and record["weights"].endswith("model.weights.h5")
@@ -155,6 +164,7 @@ def test_export_writes_every_artifact_and_passes(exported):
     assert any(line.startswith("export: passed") for line in exported.lines)
 
 
+@pytest.mark.slow
 def test_parity_report_covers_every_pair_on_validation_and_random_batches(exported):
     report = json.load(open(exported.result["paths"]["parity"]))
     assert report["passed"] and report["images"] == {"validation": 24, "random": 40, "random_batch_sizes": [1, 7, 32]}
@@ -171,6 +181,7 @@ def test_parity_report_covers_every_pair_on_validation_and_random_batches(export
             assert r["top5_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_onnx_is_gated_at_both_optimization_levels_on_a_recorded_machine_and_onnxruntime(exported):
     report = json.load(open(exported.result["paths"]["parity"]))
     assert report["onnxruntime"] == ort.__version__
@@ -190,6 +201,7 @@ def test_onnx_is_gated_at_both_optimization_levels_on_a_recorded_machine_and_onn
     assert any(line.strip() == f"onnxruntime {ort.__version__}: ORT_ENABLE_ALL ok, ORT_DISABLE_ALL ok" for line in exported.lines)
 
 
+@pytest.mark.slow
 def test_the_onnx_file_says_which_onnxruntime_and_machine_proved_it(exported):
     meta = onnx_tools.read_metadata(exported.result["paths"]["onnx"])
     assert meta["toolkit_parity_onnxruntime"] == ort.__version__ and meta["toolkit_parity_passed"] == "true"
@@ -209,6 +221,7 @@ def _copy_without_variants(exported, copy):
     (copy / "export.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tmp_path, monkeypatch):
     """As onnxruntime 1.30 did, the other way round: one optimization level computes the logits
     4.5e-2 off. The session builder is patched for ORT_DISABLE_ALL only; the gate must fail, name
@@ -236,7 +249,7 @@ def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tm
         return session, off
 
     monkeypatch.setattr(runtimes, "onnx_session", builder)
-    result = export.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    result = exporting.verify_export(str(copy), parity_images=8, log=lambda _: None)
     assert sorted(levels) == ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"]
     report = result["parity"]
     assert not result["passed"] and not report["passed"]
@@ -253,6 +266,7 @@ def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tm
     assert onnx_tools.read_metadata(exported.result["paths"]["onnx"])["toolkit_parity_passed"] == "true"  # the original is untouched
 
 
+@pytest.mark.slow
 def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(exported):
     paths, report = exported.result["paths"], exported.result["parity"]
     assert onnx_tools.float_initializer_types(paths["onnx_fp16"]) == {"FLOAT16"}
@@ -273,12 +287,14 @@ def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(
     assert onnx_tools.read_metadata(paths["onnx_int8"])["weights_precision"].startswith("int8")
 
 
+@pytest.mark.slow
 def test_bf16_trained_model_exports_float32_and_the_policy_is_restored(exported):
     assert exported.policy_after == "mixed_bfloat16"
     assert_float32_artifacts(exported.dir)
     assert_same_weights(exported.model_dir, exported.weights)
 
 
+@pytest.mark.slow
 def test_onnx_has_a_dynamic_batch_and_says_what_to_feed_it(exported):
     path = exported.result["paths"]["onnx"]
     assert onnx_shape(path) == ["batch", SIZE, SIZE, 3]
@@ -294,13 +310,14 @@ def test_onnx_has_a_dynamic_batch_and_says_what_to_feed_it(exported):
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bytes_signature_matches_the_evaluation_pipeline(exported, demo):
     files = shards.read_dataset_info(demo).split_files("val")  # one shard: file order is pipeline order
     images, labels = next(iter(pipeline.make_eval_dataset(DataConfig(data_dir=demo, image_size=SIZE, batch_size=6), files)))
     encoded = [ex.numpy() for ex, _ in zip(tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(
         r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]), range(6))]
     png = tf.io.encode_png(tf.io.decode_jpeg(encoded[0])).numpy()
-    model, _ = export.rebuild_float32(exported.model_dir, export.read_run(exported.model_dir))
+    model, _ = exporting.rebuild_float32(exported.model_dir, exporting.read_run(exported.model_dir))
     expected = model(tf.concat([images, preprocess.eval_input(png, SIZE)[None]], 0), training=False).numpy()
 
     loaded = tf.saved_model.load(os.path.join(exported.dir, "saved_model"))
@@ -310,6 +327,7 @@ def test_bytes_signature_matches_the_evaluation_pipeline(exported, demo):
     assert len(set(labels.numpy())) > 1  # real, varied records
 
 
+@pytest.mark.slow
 def test_saved_model_runs_in_a_fresh_process_without_toolkit(exported, demo, tmp_path):
     jpeg = next(iter(tf.data.TFRecordDataset(shards.read_dataset_info(demo).split_files("val")))).numpy()
     record = tf.train.Example.FromString(jpeg).features.feature["image/encoded"].bytes_list.value[0]
@@ -330,6 +348,7 @@ assert "toolkit" not in sys.modules
     assert proc.stdout.splitlines()[-3:] == ["['serving_bytes', 'serving_default']", "(3, 4) (2, 4) float32", str(CLASSES)]
 
 
+@pytest.mark.slow
 def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tmp_path):
     from absl.testing import flagsaver
 
@@ -348,7 +367,7 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tm
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.parity", f"--export_dir={copy}", "--parity_images=8"])
         with pytest.raises(SystemExit) as exit_info:
-            export.parity_main(["toolkit.parity"])
+            parity.main(["toolkit.parity"])
     assert exit_info.value.code == 4  # the trainer's code for a failed gate too
     report = json.load(open(copy / "parity.json"))
     assert not report["passed"] and report["pairs"]["keras vs saved_model"]["passed"]
@@ -358,6 +377,7 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_a_nonzero_exit(exported, tm
     assert json.load(open(os.path.join(exported.dir, "export.json")))["status"] == "passed"  # the original is untouched
 
 
+@pytest.mark.slow
 def test_fp16_trained_checkpoint_exports_float32_with_an_nchw_onnx_over_an_earlier_export(tmp_path, demo):
     model_dir, target = str(tmp_path / "run"), tmp_path / "deploy"
     weights = make_run(model_dir, demo, "mixed_float16", save="checkpoint")
@@ -366,7 +386,7 @@ def test_fp16_trained_checkpoint_exports_float32_with_an_nchw_onnx_over_an_earli
     (target / "export.json").write_text('{"status": "passed"}')
     (target / "stale.onnx").write_text("from an earlier export")
     with global_policy("mixed_float16"):
-        result = export.export_model(
+        result = exporting.export_model(
             model_dir, ExportConfig(export_dir=str(target), onnx_layout="nchw", opset=15, parity_images=8), log=lambda _: None
         )
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
@@ -381,6 +401,7 @@ def test_fp16_trained_checkpoint_exports_float32_with_an_nchw_onnx_over_an_earli
     assert_same_weights(model_dir, weights)
 
 
+@pytest.mark.slow
 def test_a_crash_mid_export_leaves_the_earlier_export_alone(exported, tmp_path, monkeypatch):
     target = tmp_path / "deploy"
     target.mkdir()
@@ -391,9 +412,9 @@ def test_a_crash_mid_export_leaves_the_earlier_export_alone(exported, tmp_path, 
         open(os.path.join(path, "saved_model.pb"), "w").write("half")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(export.serving.ServingModule, "save", crash)
+    monkeypatch.setattr(exporting.serving.ServingModule, "save", crash)
     with pytest.raises(OSError, match="No space"):
-        export.export_model(exported.model_dir, ExportConfig(export_dir=str(target)), log=lambda _: None)
+        exporting.export_model(exported.model_dir, ExportConfig(export_dir=str(target)), log=lambda _: None)
     assert os.listdir(tmp_path) == ["deploy"] and os.listdir(target) == ["export.json"]
 
 
@@ -430,6 +451,7 @@ def _bad_inputs(tmp_path, demo, case):
     return run, config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, flag, words",
     [
@@ -449,8 +471,8 @@ def _bad_inputs(tmp_path, demo, case):
 )
 def test_bad_inputs_fail_in_one_line_naming_the_flag(tmp_path, demo, case, flag, words):
     model_dir, config = _bad_inputs(tmp_path, demo, case)
-    with pytest.raises(export.ExportError) as info:
-        export.export_model(model_dir, config, log=lambda _: None)
+    with pytest.raises(exporting.ExportError) as info:
+        exporting.export_model(model_dir, config, log=lambda _: None)
     message = str(info.value)
     assert message.startswith(flag + ":") and words in message and "\n" not in message
     leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(tmp_path) for n in dirs + files if ".tmp-" in n]
@@ -466,6 +488,15 @@ def test_cli_exits_2_with_one_line_for_a_bad_model_dir(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --model_dir:") and "Traceback" not in proc.stderr
 
 
+def test_parity_cli_exits_2_with_one_line_for_a_missing_export(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.parity", f"--export_dir={tmp_path / 'nowhere'}"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --export_dir: cannot read") and "Traceback" not in proc.stderr
+
+
 def test_flags_given_override_the_runs_recorded_export_settings():
     from absl.testing import flagsaver
 
@@ -479,6 +510,7 @@ def test_flags_given_override_the_runs_recorded_export_settings():
     assert config.parity_atol == 1e-4 and not config.onnx_fp16
 
 
+@pytest.mark.slow
 def test_a_checkpoint_newer_than_the_final_weights_is_what_gets_exported(tmp_path, demo):
     """A run resumed for more epochs that stopped early: model.weights.h5 is the earlier run's end
     (step 4 in summary.json), the checkpoints went on to step 6. The export must take step 6."""
@@ -497,7 +529,7 @@ def test_a_checkpoint_newer_than_the_final_weights_is_what_gets_exported(tmp_pat
     write_run(str(model_dir), demo, "fp32")
 
     (model_dir / "summary.json").write_text(json.dumps({"steps": 4}))
-    _, source = export.rebuild_float32(str(model_dir), export.read_run(str(model_dir)))
+    _, source = exporting.rebuild_float32(str(model_dir), exporting.read_run(str(model_dir)))
     assert source.endswith("ckpt-6")
     assert_same_weights(str(model_dir), later)
 

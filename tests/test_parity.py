@@ -1,9 +1,9 @@
-"""The parity report and gate on synthetic outputs, and the gate's images against the eval pipeline."""
+"""The parity gate's arithmetic (toolkit.parity_gate) on synthetic outputs with hand-computed figures."""
 
 import numpy as np
 import pytest
 
-from toolkit import parity
+from toolkit import parity_gate as parity
 
 NUM_CLASSES = 10
 
@@ -28,12 +28,18 @@ def batches(n, size=8, batch=4, seed=1):
         yield images, [b"x"] * k, rng.integers(0, NUM_CLASSES, k)
 
 
-def test_identical_outputs_pass_with_zero_difference():
-    outputs = linear_model(np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)))
-    r = parity.compare(outputs, outputs, atol=1e-4)
-    assert r["passed"] and r["images"] == 6
-    assert r["max_abs_diff_probabilities"] == 0 and r["max_abs_diff_logits"] == 0
+def test_compare_gives_the_hand_computed_figures():
+    reference = (np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], np.float32), np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]], np.float32))
+    other = (np.array([[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]], np.float32), np.array([[2.0, 1.0, 0.5], [0.0, 1.0, 3.0]], np.float32))
+    r = parity.compare(reference, other, atol=0.2)
+    assert r["images"] == 2
+    assert r["max_abs_diff_probabilities"] == pytest.approx(0.1) and r["mean_abs_diff_probabilities"] == pytest.approx(0.2 / 6)
+    assert r["max_abs_diff_logits"] == 0.5 and r["mean_abs_diff_logits"] == pytest.approx(0.5 / 6)
+    assert r["logits_diff_relative"] == pytest.approx(0.5 / 3.0)  # over the reference's largest |logit|
     assert r["top1_agreement"] == 1.0 and r["top5_agreement"] == 1.0
+    assert not r["passed"]  # probabilities within 0.2, top-1 the same, but logits 17% of their scale apart
+    same = parity.compare(reference, reference, atol=0.0)
+    assert same["passed"] and same["max_abs_diff_probabilities"] == 0 and same["logits_diff_relative"] == 0
 
 
 def test_a_difference_above_the_limit_fails_and_one_below_passes():
@@ -74,7 +80,9 @@ def test_logit_differences_hidden_by_a_saturated_softmax_still_fail():
 
 def test_top5_with_fewer_than_five_classes_compares_every_class():
     logits = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
-    assert parity.compare((softmax(logits), logits), (softmax(logits), logits), 1e-4)["top5_agreement"] == 1.0
+    swapped = logits[:, ::-1].copy()  # every top-1 differs; the set of both classes is the same
+    r = parity.compare((softmax(logits), logits), (softmax(swapped), swapped), 1.0)
+    assert r["top1_agreement"] == 0.0 and r["top5_agreement"] == 1.0
 
 
 def test_measure_finds_a_format_wrong_only_at_one_batch_size():
@@ -128,26 +136,6 @@ def test_variants_are_reported_but_not_gated():
     v = report["variants"]["onnx_int8"]
     assert v["compared_with"] == "onnx" and v["images"] == 12 and 0 <= v["top1_agreement"] < 1
     assert 0 <= v["validation_accuracy"] <= 1 and "onnx" in report["validation_accuracy"]
-
-
-def test_gate_images_are_the_evaluation_pipeline_before_normalization(tmp_path):
-    import tensorflow as tf
-
-    from toolkit.config import DataConfig
-    from toolkit.data import pipeline, preprocess, shards, sources
-
-    data_dir = sources.write_demo_dataset(str(tmp_path), train_count=8, val_count=12, image_size=40, num_shards=4)
-    files = shards.read_dataset_info(data_dir).split_files("val")
-    assert len(files) == 2  # the pipeline interleaves them: the same order is part of the contract
-    ours = list(parity.image_batches(files, 32, limit=10, batch_size=4))
-    assert [len(b[0]) for b in ours] == [4, 4, 2]
-    images = np.concatenate([b[0] for b in ours])
-    labels = np.concatenate([b[2] for b in ours])
-    assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 255
-    theirs = next(iter(pipeline.make_eval_dataset(DataConfig(data_dir=data_dir, image_size=32, batch_size=10), files)))
-    np.testing.assert_array_equal(preprocess.normalize(tf.constant(images)).numpy(), theirs[0].numpy())
-    np.testing.assert_array_equal(labels, theirs[1].numpy())
-    assert all(isinstance(e, bytes) and e[:2] == b"\xff\xd8" for b in ours for e in b[1])  # the JPEGs themselves
 
 
 def test_two_runs_of_one_model_are_each_judged_against_the_references_only():

@@ -1,391 +1,40 @@
-"""Export a trained run: float32 rebuild -> SavedModel -> ONNX (+ float16 / int8) -> parity gate.
+"""python -m toolkit.export: export a trained run (float32 SavedModel, ONNX, parity gate).
 
-`export_model(model_dir, ExportConfig)` is the library (the trainer calls it after training);
-`python -m toolkit.export --model_dir DIR [--export_dir DIR]` the entry point. An export dir:
-  saved_model/      serving_default: float32 NHWC images in [0, 255] at the model's size, any
-                    batch -> {probabilities, logits}; serving_bytes: encoded JPEG/PNG strings ->
-                    the same, through the shared evaluation preprocessing
-  model.onnx        input `images` (dynamic batch), outputs probabilities and logits; metadata_props
-                    hold the class names and the preprocessing that stays outside the graph, and
-                    (toolkit_parity_*) the onnxruntime version and machine the parity gate ran on,
-                    its verdict and each graph optimization level's: the oldest onnxruntime proven
-  model_fp16.onnx, model_int8.onnx   with --onnx_fp16 / --onnx_int8
-  labels.txt, parity.json, export.json (status "passed" or "failed"; both record the onnxruntime
-                    version and the machine of the gate)
+  python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_fp16] [--onnx_int8] ...
 
-Everything is written into a temporary directory beside the export dir and renamed into place
-at the end, so a crash never leaves a half export; a failed parity gate still puts the artifacts
-in place (for inspection), marked failed in export.json, and then raises ParityError.
+A thin entry point over toolkit.exporting (the library; see its doc for what an export holds).
+Export flags given on the command line win; the others come from the run's recorded settings
+(run.json), then the defaults. Exit codes: 2 for bad input (one line naming the flag), 4 when the
+parity gate fails (the artifacts are kept, marked failed in export.json).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 
 if __name__ == "__main__":  # before TensorFlow is imported: keep its C++ start-up chatter out of the log
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import dataclasses
-import json
-import shutil
-import sys
-import tempfile
-import time
+from toolkit.config import ExportConfig  # noqa: E402
+# The library's names, importable from here until every caller imports toolkit.exporting.
+from toolkit.exporting import ExportError, ParityError, export_model  # noqa: E402,F401
 
-import keras
-import tensorflow as tf
-
-import toolkit
-from toolkit import checkpoint as ckpt_lib
-from toolkit import config as config_lib
-from toolkit import machine, onnx_tools, parity, serving
-from toolkit.config import ConfigError, ExportConfig
-from toolkit.data import shards
-from toolkit.models import resnet_v2
-
-EXPORT_RECORD = "export.json"
-PARITY_REPORT = "parity.json"
-LABELS = "labels.txt"
-SAVED_MODEL = "saved_model"
-ONNX_FILES = {"onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
-WEIGHTS = "model.weights.h5"
-CALIBRATION_IMAGES = 64  # training images for int8 calibration
-# The float32 ONNX model is gated at onnxruntime's default graph optimization level and with
-# optimizations off: onnxruntime 1.30 computed a trained model ~4.5e-2 off in logits only with them on.
-ONNX_LEVELS = {"onnx": "ORT_ENABLE_ALL", "onnx_unoptimized": "ORT_DISABLE_ALL"}
-
-
-class ExportError(ValueError):
-    """Bad input to the export (model_dir, export_dir, a setting); one line naming the flag."""
-
-
-class ParityError(RuntimeError):
-    """The exported formats disagree beyond the limits; `result` holds paths and the report."""
-
-    def __init__(self, message: str, result: dict):
-        super().__init__(message)
-        self.result = result
-
-
-def read_run(model_dir: str) -> dict:
-    """run.json of a training directory, checked for what the export needs."""
-    if not model_dir or not os.path.isdir(model_dir):
-        raise ExportError(f"--model_dir: {model_dir!r} is not a directory")
-    try:
-        record = ckpt_lib.load_run_record(model_dir)
-    except ValueError as e:
-        raise ExportError(_one_line(e)) from e
-    if not isinstance(record, dict):
-        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} is not a JSON object")
-    missing = [k for k in ("num_classes", "image_size", "depth") if k not in record]
-    if missing:
-        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} lacks {', '.join(missing)}")
-    names = record.get("class_names")
-    if not names:
-        raise ExportError(f"--model_dir: {model_dir}/{ckpt_lib.RUN_RECORD} names no classes (class_names); the export needs them")
-    if len(names) != record["num_classes"]:
-        raise ExportError(f"--model_dir: {len(names)} class names for {record['num_classes']} classes in {model_dir}/{ckpt_lib.RUN_RECORD}")
-    return record
-
-
-def newest_weights(model_dir: str, weights: str, latest: str | None) -> str:
-    """The final weights file, unless a checkpoint of a later step exists: a run resumed for more
-    epochs that stopped early leaves the earlier run's final weights beside newer checkpoints.
-    The final weights' step is the `steps` of summary.json (written with them); checkpoints are
-    numbered by step."""
-    if not latest:
-        return weights
-    if not os.path.exists(weights):
-        return latest
-    try:
-        with open(os.path.join(model_dir, "summary.json")) as f:
-            final_step = int(json.load(f)["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return weights if os.path.getmtime(weights) >= os.path.getmtime(latest + ".index") else latest
-    return latest if int(latest.rsplit("-", 1)[-1]) > final_step else weights
-
-
-def rebuild_float32(model_dir: str, record: dict) -> tuple:
-    """(float32 Keras model with the run's final weights, the weights file or checkpoint used).
-
-    The run may have trained under mixed_float16 / mixed_bfloat16, and the trainer's process still
-    has that policy set: the network is rebuilt under float32 (variables are float32 under every
-    policy, so the weights copy exactly) and the caller's policy is restored afterwards.
-    """
-    weights = os.path.join(model_dir, WEIGHTS)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINTS))
-    if not os.path.exists(weights) and not latest:
-        raise ExportError(f"--model_dir: {model_dir} holds neither {WEIGHTS} nor a checkpoint; has training finished?")
-    source = newest_weights(model_dir, weights, latest)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        model = resnet_v2.build_model(record["num_classes"], record["image_size"], record["depth"])
-        try:
-            if source == weights:
-                model.load_weights(weights)
-            else:
-                tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
-        except Exception as e:  # noqa: BLE001 - any unreadable weights are a bad model_dir
-            raise ExportError(f"--model_dir: cannot load the weights in {source}: {_one_line(e)}") from e
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    wrong = sorted(({v.dtype for v in model.weights} | {layer.compute_dtype for layer in model.layers}) - {"float32"})
-    if wrong:
-        raise RuntimeError(f"the rebuilt model is not float32 (found {wrong})")
-    return model, source
-
-
-def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str | None = None) -> dict:
-    """Write the export of `model_dir` (see the module doc) and return what was written.
-
-    The result: passed, failures, export_dir, paths (absolute), seconds per phase, the parity
-    report. Raises ExportError on bad input (before any heavy work) and ParityError after
-    everything is in place when the formats disagree. `data_dir` overrides the run's data (the
-    validation images of the gate, the training images of the int8 calibration). Call it outside
-    any distribution strategy scope.
-    """
-    start = time.time()
-    _check_settings(config)
-    record = read_run(model_dir)
-    target = os.path.abspath(config.export_dir or os.path.join(model_dir, "export"))
-    parent = _check_target(target)
-    info = _dataset(record, data_dir)
-    if config.onnx_int8 and "train" not in info.files:
-        raise ExportError(f"--onnx_int8: {info.data_dir} has no training shards to calibrate on")
-    size, names, layout = record["image_size"], list(record["class_names"]), config.onnx_layout
-    seconds = {}
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
-    try:
-        phase = time.time()
-        model, source = rebuild_float32(model_dir, record)
-        seconds["rebuild"] = _lap(phase)
-        log(f"export: rebuilt ResNet{record['depth']}V2 {size}px in float32 from {source} (trained as {record.get('precision', '?')})")
-
-        shards.write_labels(tmp, names)
-        module = serving.ServingModule(model, size, os.path.join(tmp, LABELS))
-        phase = time.time()
-        module.save(os.path.join(tmp, SAVED_MODEL))
-        seconds["saved_model"] = _lap(phase)
-        log(f"export: SavedModel written ({seconds['saved_model']:.0f} s)")
-
-        phase = time.time()
-        proto = onnx_tools.convert(module.serve_images, config.opset, layout)
-        onnx_tools.set_metadata(proto, onnx_tools.model_metadata(names, size, layout, toolkit.__version__))
-        onnx_tools.save(proto, os.path.join(tmp, ONNX_FILES["onnx"]))
-        seconds["onnx"] = _lap(phase)
-        log(f"export: ONNX opset {config.opset} {layout.upper()} written ({seconds['onnx']:.0f} s)")
-        if config.onnx_fp16:
-            phase = time.time()
-            onnx_tools.save(onnx_tools.to_float16(proto), os.path.join(tmp, ONNX_FILES["onnx_fp16"]))
-            seconds["onnx_fp16"] = _lap(phase)
-        del proto
-        if config.onnx_int8:
-            phase = time.time()
-            offset = _label_offset(record)
-            calibration = (b[0] for b in parity.image_batches(info.split_files("train"), size, CALIBRATION_IMAGES, 8, offset))
-            try:
-                onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]), calibration, layout)
-            except ValueError as e:  # no calibration images: the training shards are empty
-                raise ExportError(f"--onnx_int8: {_one_line(e)} in {info.data_dir}") from e
-            seconds["onnx_int8"] = _lap(phase)
-            log(f"export: int8 ONNX calibrated on {CALIBRATION_IMAGES} training images ({seconds['onnx_int8']:.0f} s)")
-
-        phase = time.time()
-        onnx_paths = {k: os.path.join(tmp, f) for k, f in ONNX_FILES.items() if os.path.exists(os.path.join(tmp, f))}
-        report = _measure(model, os.path.join(tmp, SAVED_MODEL), onnx_paths, layout, record, info, config.parity_images, config.parity_atol)
-        _record_proof(onnx_paths["onnx"], report)
-        seconds["parity"] = _lap(phase)
-        seconds["total"] = _lap(start)
-        parity.write_report(os.path.join(tmp, PARITY_REPORT), report)
-        export_record = {
-            "status": "passed" if report["passed"] else "failed",
-            "failures": report["failures"],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model_dir": os.path.abspath(model_dir),
-            "weights": os.path.abspath(source),
-            "toolkit_version": toolkit.__version__,
-            "trained_with_toolkit_version": record.get("toolkit_version"),
-            "trained_precision": record.get("precision"),
-            "exported_dtype": "float32",
-            "depth": record["depth"],
-            "num_classes": len(names),
-            "class_names": names,
-            "image_size": size,
-            "input": {"dtype": "float32", "range": [0, 255], "preprocessing": onnx_tools.preprocessing_text(size, "nhwc")},
-            "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", serving.BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
-            "onnx": {"opset": config.opset, "layout": layout, "input": onnx_tools.INPUT_NAME, "outputs": list(onnx_tools.OUTPUT_NAMES)},
-            "artifacts": {"saved_model": SAVED_MODEL, **{k: ONNX_FILES[k] for k in onnx_paths}, "labels": LABELS, "parity": PARITY_REPORT},
-            "config": dataclasses.asdict(config),
-            "seconds": seconds,
-            "onnxruntime": report["onnxruntime"],
-            "machine": report["machine"],
-        }
-        shards.write_json_atomic(os.path.join(tmp, EXPORT_RECORD), export_record)
-        _make_readable(tmp)
-        _place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result = _result(target, export_record, report)
-    for line in parity.summary_lines(report):
-        log(line)
-    log(f"export: {export_record['status']} in {seconds['total']:.0f} s -> {target}")
-    if not report["passed"]:
-        raise ParityError(f"parity gate failed ({target}/{PARITY_REPORT}): " + "; ".join(report["failures"]), result)
-    return result
-
-
-def verify_export(export_dir: str, model_dir: str | None = None, parity_images: int = 0, atol: float = 1e-4,
-                  data_dir: str | None = None, log=print) -> dict:
-    """Re-run the parity gate on an existing export; rewrites its parity.json and export.json status."""
-    _check_settings(ExportConfig(parity_images=parity_images, parity_atol=atol))
-    path = os.path.join(export_dir, EXPORT_RECORD)
-    try:
-        with open(path) as f:
-            export_record = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"--export_dir: cannot read {path}: {_one_line(e)}") from e
-    artifacts = export_record.get("artifacts", {})
-    onnx_paths = {k: os.path.join(export_dir, artifacts[k]) for k in ONNX_FILES if k in artifacts}
-    onnx_paths.setdefault("onnx", os.path.join(export_dir, ONNX_FILES["onnx"]))
-    for needed in (os.path.join(export_dir, SAVED_MODEL), *onnx_paths.values()):
-        if not os.path.exists(needed):
-            raise ExportError(f"--export_dir: {needed} is missing; is {export_dir} a complete export?")
-    model_dir = model_dir or export_record.get("model_dir", "")
-    record = read_run(model_dir)
-    info = _dataset(record, data_dir)
-    model, _ = rebuild_float32(model_dir, record)
-    layout = export_record.get("onnx", {}).get("layout", "nhwc")
-    report = _measure(model, os.path.join(export_dir, SAVED_MODEL), onnx_paths, layout, record, info, parity_images, atol)
-    _record_proof(onnx_paths["onnx"], report)
-    parity.write_report(os.path.join(export_dir, PARITY_REPORT), report)
-    export_record.update(status="passed" if report["passed"] else "failed", failures=report["failures"], verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         onnxruntime=report["onnxruntime"], machine=report["machine"])
-    shards.write_json_atomic(path, export_record)
-    for line in parity.summary_lines(report):
-        log(line)
-    log(f"parity: {export_record['status']} for {export_dir}")
-    return _result(os.path.abspath(export_dir), export_record, report)
-
-
-def _measure(model, saved_model_dir, onnx_paths, layout, record, info, parity_images, atol) -> dict:
-    """The parity report, with the onnxruntime version, each optimization level's verdict and the machine."""
-    size = record["image_size"]
-    images_runner, bytes_runner = serving.saved_model_runners(saved_model_dir)
-    runners = {"keras": serving.keras_runner(model), "saved_model": images_runner}
-    for name, level in ONNX_LEVELS.items():
-        runners[name] = onnx_tools.session_runner(onnx_paths["onnx"], layout, level)
-    variants = {k: onnx_tools.session_runner(p, layout) for k, p in onnx_paths.items() if k != "onnx"}
-    validation = parity.image_batches(info.split_files("val"), size, parity_images, label_offset=_label_offset(record))
-    report = parity.measure(runners, validation, parity.random_images(size), atol, ("saved_model_bytes", "keras", bytes_runner), variants,
-                            unpaired=[tuple(ONNX_LEVELS)])  # each level is judged against Keras and the SavedModel
-    verdicts = parity.format_verdicts(report, ONNX_LEVELS)
-    report["onnxruntime"] = onnx_tools.onnxruntime_version()
-    report["onnxruntime_optimization_levels"] = {level: {"format": name, "passed": verdicts[name]} for name, level in ONNX_LEVELS.items()}
-    report["machine"] = machine.describe()
-    return report
-
-
-def _record_proof(onnx_path: str, report: dict) -> None:
-    """Write into model.onnx which onnxruntime (the oldest version it is proven on) and machine the gate ran on."""
-    onnx_tools.update_metadata(onnx_path, {
-        "toolkit_parity_onnxruntime": report["onnxruntime"],
-        "toolkit_parity_passed": "true" if report["passed"] else "false",
-        "toolkit_parity_optimization_levels": json.dumps({k: v["passed"] for k, v in report["onnxruntime_optimization_levels"].items()}),
-        "toolkit_parity_machine": json.dumps(report["machine"]),
-    })
-
-
-def _result(target: str, export_record: dict, report: dict) -> dict:
-    paths = {k: os.path.join(target, v) for k, v in export_record["artifacts"].items()}
-    paths["export_record"] = os.path.join(target, EXPORT_RECORD)
-    return {
-        "passed": export_record["status"] == "passed",
-        "failures": export_record["failures"],
-        "export_dir": target,
-        "paths": paths,
-        "seconds": export_record.get("seconds", {}),
-        "parity": report,
-    }
-
-
-def _check_settings(config: ExportConfig) -> None:
-    """config_lib.validate_export's verdict as an ExportError (the export's own error type)."""
-    try:
-        config_lib.validate_export(config)
-    except ConfigError as e:
-        raise ExportError(str(e)) from e
-
-
-def _check_target(target: str) -> str:
-    """The export dir's parent, created if needed; fails early when the export cannot be written."""
-    parent = os.path.dirname(target)
-    for path in (target, parent):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ExportError(f"--export_dir: {path} exists and is not a directory")
-    if os.path.isdir(target) and os.listdir(target) and not os.path.exists(os.path.join(target, EXPORT_RECORD)):
-        raise ExportError(f"--export_dir: {target} is not empty and holds no earlier export; choose a new directory")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".export-probe-", dir=parent)
-        os.rmdir(probe)
-    except OSError as e:
-        raise ExportError(f"--export_dir: cannot write in {parent}: {e.strerror or e}") from e
-    return parent
-
-
-def _dataset(record: dict, data_dir: str | None) -> shards.DatasetInfo:
-    directory = data_dir or record.get("data_dir") or ""
-    try:
-        info = shards.read_dataset_info(directory)
-        info.split_files("val")
-    except ValueError as e:
-        raise ExportError(f"{_one_line(e)} (the parity gate needs the run's validation images; pass --data_dir)") from e
-    return info
-
-
-def _label_offset(record: dict) -> int:
-    return int(record.get("config", {}).get("data", {}).get("label_offset", 0))
-
-
-def _place(tmp: str, target: str) -> None:
-    """Rename the finished export into place; an earlier export there is replaced."""
-    old = None
-    if os.path.isdir(target):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-        os.replace(target, os.path.join(old, "export"))
-    os.replace(tmp, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _make_readable(root: str) -> None:
-    """Modes as the umask says: mkdtemp/mkstemp make 0700/0600, which a serving user could not read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for directory, dirs, files in os.walk(root):
-        for d in dirs:
-            os.chmod(os.path.join(directory, d), 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(directory, f), 0o666 & ~umask)
-
-
-def _lap(start: float) -> float:
-    return round(time.time() - start, 2)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
-# --- python -m toolkit.export
+FLAGS_USED = ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8")
 
 
 def config_from_flags(flag_values, record: dict) -> ExportConfig:
-    """ExportConfig from the flags given on the command line, else the run's recorded settings."""
+    """The ExportConfig of a command line.
+
+    Args:
+      flag_values: parsed absl FlagValues holding the export flags.
+      record: the run's run.json (its config.export holds the settings it was trained with).
+
+    Returns:
+      An ExportConfig: each field from its flag when given on the command line (or when the run
+      recorded none), else the recorded value, else the default.
+    """
     recorded = record.get("config", {}).get("export", {}) if isinstance(record, dict) else {}
     values = {}
     for field in dataclasses.fields(ExportConfig):
@@ -397,51 +46,17 @@ def config_from_flags(flag_values, record: dict) -> ExportConfig:
     return ExportConfig(**values)
 
 
-def quiet_tensorflow_logs(flag_values) -> None:
-    """absl's default --verbosity is INFO: TensorFlow then logs every SavedModel detail (one line
-    names each of ~270 captured tensors). Keep warnings only unless --verbosity was given."""
-    from absl import logging as absl_logging
-
-    if not flag_values["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
-
-
-def _entry_flags(argv):
-    """The parsed flags of a `python -m` entry point here, with TensorFlow's logs quieted."""
+def main(argv):
+    """python -m toolkit.export; exit 2 on bad input, 4 when the parity gate fails."""
     from absl import app, flags
+
+    from toolkit import checkpoint as ckpt_lib
+    from toolkit.logs import error, log, quiet_tensorflow_logs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_tensorflow_logs(flags.FLAGS)
-    return flags.FLAGS
-
-
-def parity_main(argv):
-    """`python -m toolkit.parity`: re-check an existing export (exit 4 if the gate fails)."""
-    from toolkit.logs import error, log
-
-    FLAGS = _entry_flags(argv)
-    try:
-        result = verify_export(
-            FLAGS.export_dir,
-            model_dir=FLAGS.model_dir if FLAGS["model_dir"].present else None,
-            parity_images=FLAGS.parity_images,
-            atol=FLAGS.parity_atol,
-            data_dir=FLAGS.data_dir or None,
-            log=log,
-        )
-    except ValueError as e:
-        error(str(e).splitlines()[0])
-        sys.exit(2)
-    if not result["passed"]:
-        error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
-        sys.exit(4)
-
-
-def main(argv):
-    from toolkit.logs import error, log
-
-    FLAGS = _entry_flags(argv)
+    FLAGS = flags.FLAGS
+    quiet_tensorflow_logs(FLAGS["verbosity"].present)
     try:
         try:
             record = ckpt_lib.load_run_record(FLAGS.model_dir)
@@ -461,6 +76,6 @@ if __name__ == "__main__":
 
     from toolkit import flags as flags_lib
 
-    for name in ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8"):
+    for name in FLAGS_USED:
         flags.declare_key_flag(name, flags_lib.FLAGS)
     app.run(main)
