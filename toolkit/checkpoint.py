@@ -26,17 +26,19 @@ from typing import Optional
 
 import tensorflow as tf
 
-from toolkit.data import shards
+from toolkit import atomic
 
 RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"
 
 
 def save_run_record(model_dir: str, record: dict) -> None:
-    shards.write_json_atomic(os.path.join(model_dir, RUN_RECORD), record)
+    """Write `record` as model_dir/run.json (atomically): what export and resume read back."""
+    atomic.write_json(os.path.join(model_dir, RUN_RECORD), record)
 
 
 def load_run_record(model_dir: str) -> dict:
+    """model_dir/run.json; ValueError naming --model_dir when it is missing or unreadable."""
     path = os.path.join(model_dir, RUN_RECORD)
     if not os.path.exists(path):
         raise ValueError(f"--model_dir: {model_dir} holds no {RUN_RECORD}; is it a toolkit training directory?")
@@ -74,8 +76,19 @@ def make_scratch_dir(prefix: str) -> str:
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root)
-    atexit.register(shutil.rmtree, path, True)
+    if not _SCRATCH:
+        atexit.register(remove_scratch_dirs)
+    _SCRATCH.append(path)
     return path
+
+
+_SCRATCH = []  # this process's scratch directories
+
+
+def remove_scratch_dirs() -> None:
+    """Remove this process's scratch directories now (before an os._exit, which runs no exit handlers)."""
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

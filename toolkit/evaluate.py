@@ -32,11 +32,11 @@ import sys
 import time
 import numpy as np
 
-from toolkit import inference, prediction_files, runtimes
+from toolkit import atomic, inference, prediction_files, runtimes
+from toolkit.data import splits
 
 TOP_K = 5
 GRID = 24
-SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _subdirs(path: str) -> list:
 def _holds_shards(path: str) -> bool:
     """Whether a directory looks like shards (what shards.read_dataset_info reads), without importing TensorFlow."""
     names = [e.name for e in os.scandir(path) if e.is_file()]
-    return "manifest.json" in names or any(n.startswith(f"{s}-") for n in names for s in SPLIT_NAMES)
+    return "manifest.json" in names or any(n.startswith(f"{s}-") for n in names for s in splits.ALL_NAMES)
 
 
 def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
@@ -68,7 +68,7 @@ def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
             info = shards.read_dataset_info(data_dir)
         except ValueError as e:
             raise runtimes.InferenceError(str(e).replace("--data_dir", "--data").splitlines()[0]) from e
-        split = "val" if split in ("validation", "test") else split  # read_dataset_info's names for them
+        split = splits.canonical(split)  # read_dataset_info's names for the splits
         if split not in info.files:
             raise runtimes.InferenceError(f"--split: {data_dir} has no {split!r} shards (it has {', '.join(sorted(info.files))})")
         files = info.split_files(split)
@@ -76,7 +76,7 @@ def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
         return LabelledData(inputs, tuple(info.class_names), "tfrecord", data_dir)
 
     root, classes = data_dir, _subdirs(data_dir)
-    if classes and set(classes) <= set(SPLIT_NAMES):
+    if classes and set(classes) <= set(splits.ALL_NAMES):
         if split not in classes:
             raise runtimes.InferenceError(f"--split: {data_dir} has no {split}/ folder (it has {', '.join(classes)})")
         root = os.path.join(data_dir, split)
@@ -141,9 +141,22 @@ def _grid(right: list, wrong: list, size: int) -> list:
 
 def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size: int = 32, label_offset: int = 0,
              grid: int = GRID, max_pixels: int = inference.MAX_PIXELS, log=print) -> dict:
-    """Score every labelled image, write the reports into out_dir and return the metrics."""
+    """Score every labelled image and write the reports.
+
+    Args:
+      model: the runtimes.Model to evaluate.
+      data: what `read_labelled` found.
+      out_dir: where metrics.json, confusion_matrix.png/.json, predictions.png/.csv go.
+      batch_size: images per model call.
+      label_offset: subtracted from labels stored in TFRecords.
+      grid: images in predictions.png (0: none).
+      max_pixels: larger images are refused before decoding.
+      log: called with each summary line.
+
+    Returns:
+      The metrics (what metrics.json holds): top-1, top-k, per class, confusion matrix, failures.
+    """
     from toolkit import reports
-    from toolkit.data import shards
 
     names = list(model.class_names)
     to_model = label_mapping(data.class_names, names, label_offset if data.source == "tfrecord" else 0)
@@ -202,7 +215,7 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
         "files": {n: os.path.join(out_dir, n) for n in ("metrics.json", "confusion_matrix.png", "confusion_matrix.json", "predictions.csv")
                   + (("predictions.png",) if shown else ())},
     }
-    shards.write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    atomic.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     for line in summary_lines(metrics):
         log(line)
     return metrics
@@ -213,6 +226,7 @@ class NothingScored(RuntimeError):
 
 
 def summary_lines(metrics: dict) -> list:
+    """The lines printed at the end: the overall figures, then precision and recall per class."""
     lines = [f"evaluate: {metrics['images']} images ({metrics['failed']} could not be scored): top-1 {metrics['top1']:.4f}, "
              f"top-{metrics['top_k']} {metrics[f'top{TOP_K}']:.4f} ({metrics['backend']}, {metrics['images_per_sec']} images/s)"]
     width = max(len(r["class"]) for r in metrics["per_class"])
@@ -242,6 +256,7 @@ def define_flags(fv=None) -> None:
 
 
 def main(argv) -> None:
+    """python -m toolkit.evaluate; exit 2 on bad input, 1 when no image could be scored."""
     from absl import app, flags
 
     if len(argv) > 1:

@@ -32,8 +32,9 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from toolkit.data.images import SIGNATURES
-from toolkit.runtimes import InferenceError, Model, nonempty_batches, one_line
+from toolkit.data.images import signature
+from toolkit.messages import one_line, op_message
+from toolkit.runtimes import InferenceError, Model, nonempty_batches
 
 MAX_PIXELS = 100_000_000  # an image decodes to 3 bytes per pixel (x4 as float32) before the resize
 MAX_FILE_BYTES = 1 << 30
@@ -132,35 +133,19 @@ def _read(inputs: Inputs) -> Iterator[tuple]:
             except OSError as e:
                 yield path, label, f"unreadable file: {e.strerror or e}"
         return
-    import tensorflow as tf
-
-    from toolkit.data import schema
+    from toolkit.data import records, schema
 
     for path in inputs.files:
-        index = 0
-        try:
-            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-                name = f"{path}#{index}"
-                index += 1
-                try:
-                    feature = tf.train.Example.FromString(record).features.feature
-                    encoded = feature[schema.ENCODED].bytes_list.value
-                    label = feature[schema.LABEL].int64_list.value if schema.LABEL in feature else []
-                except Exception as e:  # noqa: BLE001 - a record that is not an Example
-                    yield name, -1, f"not a tf.train.Example: {one_line(e)}"
-                    continue
-                if not encoded:
-                    yield name, -1, f"record has no {schema.ENCODED}"
-                    continue
-                yield name, int(label[0]) if label else -1, encoded[0]
-        except tf.errors.OpError as e:
-            yield f"{path}#{index}", -1, f"corrupt TFRecord file (the rest of it is skipped): {_op_message(e)}"
-
-
-def _signature(data: bytes) -> str:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((kind for magic, kind in SIGNATURES if data.startswith(magic)), "")
+        for record in records.read_records(path):
+            name = f"{path}#{record.index}"
+            if record.corrupt:
+                yield name, -1, f"corrupt TFRecord file (the rest of it is skipped): {record.error}"
+            elif record.error:
+                yield name, -1, record.error
+            elif record.encoded is None:
+                yield name, -1, f"record has no {schema.ENCODED}"
+            else:
+                yield name, -1 if record.label is None else record.label, record.encoded
 
 
 def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Optional[str]:
@@ -183,7 +168,7 @@ def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Optional[str]:
     except Image.DecompressionBombError as e:
         return f"too many pixels: {one_line(e)}"
     except UnidentifiedImageError:
-        kind = _signature(data)
+        kind = signature(data)
         return f"corrupt image: a {kind} signature but an unreadable header" if kind else "not an image (unrecognised format)"
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds on malformed files
         return f"corrupt image: {one_line(e)}"
@@ -197,7 +182,18 @@ def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Optional[str]:
 
 def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
             keep_images: bool = False) -> Iterator[Result]:
-    """One Result per input, in input order; failures are results too, never exceptions."""
+    """Score every input; failures are results too, never exceptions.
+
+    Args:
+      model: the runtimes.Model to run (float32 NHWC [0, 255] images -> probabilities).
+      inputs: what `list_inputs` (or evaluation) found.
+      batch_size: images per model call.
+      max_pixels: larger images are refused before decoding.
+      keep_images: also return each input's model view in `Result.image`.
+
+    Yields:
+      One Result per input, in input order.
+    """
     import tensorflow as tf
 
     from toolkit.data import preprocess
@@ -268,11 +264,5 @@ def decode_error(data: bytes, image_size: int) -> str:
     try:
         preprocess.eval_image(tf.constant(data), image_size)
     except tf.errors.OpError as e:
-        return f"cannot decode: {_op_message(e)}"
+        return f"cannot decode: {op_message(e)}"
     return "cannot decode: failed in the input pipeline"
-
-
-def _op_message(error) -> str:
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
-    message = re.sub(r"\s*\[Op:.*$", "", message, flags=re.S).strip()
-    return message.splitlines()[0] if message else type(error).__name__

@@ -21,7 +21,7 @@ import onnx
 import tensorflow as tf
 
 from toolkit import config as config_lib
-from toolkit import runtimes
+from toolkit import atomic, runtimes
 from toolkit.data import preprocess
 
 INPUT_NAME = "images"
@@ -55,10 +55,16 @@ def _tf2onnx_settings():
 
 
 def convert(serving_fn: tf.types.experimental.PolymorphicFunction, opset: int, layout: str) -> onnx.ModelProto:
-    """ONNX model of `serving_fn` (one float32 NHWC `images` argument -> {probabilities, logits}).
+    """The ONNX model of a serving function, through tf2onnx.
 
-    With layout "nchw" the ONNX input is [batch, 3, H, W] (a transpose is placed inside the graph).
-    The batch axis is dynamic and named "batch" on the input and both outputs.
+    Args:
+      serving_fn: a tf.function of one float32 NHWC `images` argument -> {probabilities, logits}.
+      opset: the ONNX opset (MIN_OPSET..MAX_OPSET).
+      layout: "nhwc", or "nchw" for an ONNX input of [batch, 3, H, W] (a transpose is placed
+        inside the graph).
+
+    Returns:
+      The onnx.ModelProto; its batch axis is dynamic and named "batch" on the input and outputs.
     """
     import tf2onnx
 
@@ -94,7 +100,18 @@ def preprocessing_text(image_size: int, layout: str) -> str:
 
 
 def model_metadata(class_names, image_size: int, layout: str, toolkit_version: str, precision: str = "float32") -> dict:
-    """The metadata_props written into every ONNX file of an export."""
+    """The metadata_props written into every ONNX file of an export.
+
+    Args:
+      class_names: the names of the model's classes, in output order.
+      image_size: the side of the square input images.
+      layout: the input layout ("nhwc" / "nchw").
+      toolkit_version: the version that wrote the file.
+      precision: the weights' precision ("float32", "float16", "int8").
+
+    Returns:
+      {key: string value}, for `set_metadata`.
+    """
     shape = [BATCH_DIM, 3, image_size, image_size] if layout == "nchw" else [BATCH_DIM, image_size, image_size, 3]
     return {
         "class_names": json.dumps(list(class_names)),
@@ -119,6 +136,7 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
 
 
 def read_metadata(path: str) -> dict:
+    """The metadata_props of the .onnx file at `path`, as a dict (the weights are not loaded)."""
     model = onnx.load(path, load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
@@ -128,15 +146,7 @@ def update_metadata(path: str, values: dict) -> None:
     Written beside it and renamed over it, so a reader never sees half a file."""
     model = onnx.load(path)
     set_metadata(model, {**{p.key: p.value for p in model.metadata_props}, **values})
-    fd, tmp = tempfile.mkstemp(prefix=".metadata-", suffix=".onnx", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic.write_with(path, lambda tmp: onnx.save(model, tmp))
 
 
 def onnxruntime_version() -> str:
@@ -166,9 +176,8 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
 
     `calibration_batches` are float32 NHWC [0, 255] images (training images through eval_image).
     The stem convolution stays float32: it reads the image itself, and quantizing it cost most of
-    the disagreement with float32 (a ResNet50V2 trained on ants and bees, 153 validation photos at
-    96 px: top-1 agreement 88.9% with it quantized, 99.3% without, mean |dp| 0.069 -> 0.007;
-    leaving the classifier's MatMul in float32 instead changed nothing). It is ~3% of the FLOPs.
+    the disagreement with float32 (the measurement is in BENCHMARKS.md, "Measurements behind code
+    choices"); it is a small share of the FLOPs.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -206,8 +215,16 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
 
 
 def session_runner(path: str, layout: str, optimization: str = runtimes.DEFAULT_OPTIMIZATION) -> Callable[[np.ndarray], tuple]:
-    """A function from float32 NHWC [0, 255] images to (probabilities, logits) through onnxruntime
-    at graph optimization level `optimization` (see runtimes.onnx_session)."""
+    """The parity gate's runner of an .onnx file.
+
+    Args:
+      path: the .onnx file.
+      layout: its input layout ("nhwc" / "nchw"); images are given NHWC either way.
+      optimization: onnxruntime's graph optimization level (see runtimes.onnx_session).
+
+    Returns:
+      A function from float32 NHWC [0, 255] images to (probabilities, logits).
+    """
     _, run_outputs = runtimes.onnx_session(path, optimization=optimization, layout=layout)
 
     def run(images: np.ndarray) -> tuple:

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from toolkit import reports
+from toolkit import atomic, reports
 from toolkit.runtimes import nonempty_batches
-from toolkit.data import shards
 
 SUMMARY = "summary.json"
 PREDICTION_GRID = 24
@@ -18,17 +17,26 @@ CONFUSION_LIMIT = 20000  # validation images used for the confusion matrix of a 
 
 
 def save_weights(model, model_dir: str) -> str:
+    """Write the model's weights to model_dir/model.weights.h5 (atomically); returns the path."""
     path = os.path.join(model_dir, "model.weights.h5")
-    tmp = os.path.join(model_dir, ".tmp-model.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    atomic.write_with(path, model.save_weights)
     return path
 
 
 def collect_predictions(model, dataset: tf.data.Dataset, limit: int, keep_images: int) -> dict:
-    """Run `model` over (normalized images, labels) batches: labels, predictions, top probability,
-    and the first `keep_images` images back in [0, 255] for display. Empty batches are skipped (a
-    Keras model fails on one with oneDNN on)."""
+    """Run a Keras model over a validation set, for the end-of-run reports.
+
+    Empty batches are skipped (a Keras model fails on one with oneDNN on).
+
+    Args:
+      model: the Keras model (logits out).
+      dataset: (normalized images, labels) batches.
+      limit: stop after about this many images.
+      keep_images: how many images to keep, back in [0, 255], for display.
+
+    Returns:
+      {labels, predictions, confidence (top probability), images}, numpy arrays.
+    """
     labels, predictions, confidence, images = [], [], [], []
     seen = 0
     for batch_images, batch_labels in nonempty_batches(dataset):
@@ -51,7 +59,17 @@ def collect_predictions(model, dataset: tf.data.Dataset, limit: int, keep_images
 
 
 def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: str) -> dict:
-    """curves.png, predictions.png, confusion_matrix.png/.json; returns their paths."""
+    """The end-of-run pictures of a training directory.
+
+    Args:
+      model: the trained Keras model.
+      eval_dataset: the validation (normalized images, labels) batches.
+      class_names: the names of the classes.
+      model_dir: where metrics.jsonl is and the pictures go.
+
+    Returns:
+      {name: path} of curves.png, predictions.png and confusion_matrix.png/.json.
+    """
     paths = {}
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
     if os.path.exists(metrics_path):
@@ -87,10 +105,12 @@ def validation_history(model_dir: str) -> list:
 
 
 def read_summary(model_dir: str) -> dict:
+    """model_dir/summary.json."""
     with open(os.path.join(model_dir, SUMMARY)) as f:
         return json.load(f)
 
 
 def write_summary(summary: dict, model_dir: str) -> None:
-    shards.write_json_atomic(os.path.join(model_dir, SUMMARY), summary)
-    shards.write_text_atomic(os.path.join(model_dir, "summary.md"), reports.summary_markdown(summary))
+    """summary.json and summary.md (the same figures for people) in model_dir, atomically."""
+    atomic.write_json(os.path.join(model_dir, SUMMARY), summary)
+    atomic.write_text(os.path.join(model_dir, "summary.md"), reports.summary_markdown(summary))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from typing import Sequence
 
+from toolkit import atomic
 from toolkit.runtimes import InferenceError
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -42,8 +42,8 @@ class PredictionWriter:
     def __init__(self, path: str, class_names: Sequence[str], top_k: int, with_labels: bool = False):
         self.path, self.format = path, check_output(path)
         self.class_names, self.k, self.with_labels = list(class_names), max(1, min(top_k, len(class_names))), with_labels
-        fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
-        self._file = os.fdopen(fd, "w", newline="")
+        self._pending = atomic.AtomicFile(path, "w", newline="")
+        self._file = self._pending.file
         if self.format == ".csv":
             self._csv = csv.writer(self._file)
             ranked = [c for i in range(1, self.k + 1) for c in (f"class_{i}", f"probability_{i}")]
@@ -69,18 +69,12 @@ class PredictionWriter:
         self._file.write(json.dumps(row) + "\n")
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(self._tmp, self.path)
+        """Put the finished file in place at `path`."""
+        self._pending.commit()
 
     def abort(self) -> None:
-        self._file.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        """Drop what was written; `path` keeps what it held before."""
+        self._pending.abort()
 
     def __enter__(self):
         return self

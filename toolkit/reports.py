@@ -7,7 +7,6 @@ called by the trainer, by toolkit.evaluate, or on an old run's metrics.jsonl.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from typing import Sequence
 
@@ -17,18 +16,19 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from toolkit.data import shards  # noqa: E402
+from toolkit import atomic  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
 def read_metrics(path: str) -> list:
+    """The records of a metrics.jsonl file, in order."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -79,13 +79,14 @@ def plot_curves(records: Sequence[dict], path: str) -> str:
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[true, predicted]."""
+    """counts[true, predicted] over num_classes x num_classes (int64) of label / prediction pairs."""
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
     return counts
 
 
 def per_class_metrics(counts: np.ndarray, class_names: Sequence[str]) -> list:
+    """[{class, support, precision, recall}] per class of a confusion matrix (0.0 where undefined)."""
     rows = []
     for i, name in enumerate(class_names):
         tp = int(counts[i, i])
@@ -101,8 +102,19 @@ def per_class_metrics(counts: np.ndarray, class_names: Sequence[str]) -> list:
 
 
 def write_confusion(counts: np.ndarray, class_names: Sequence[str], png_path: str, json_path: str | None = None) -> str:
+    """Draw a confusion matrix (rows normalized) and optionally write it as JSON.
+
+    Args:
+      counts: counts[true, predicted], as `confusion_matrix` makes.
+      class_names: the names of the rows and columns.
+      png_path: the picture to write.
+      json_path: if given, also the matrix, the names and `per_class_metrics` as JSON.
+
+    Returns:
+      png_path.
+    """
     if json_path:
-        shards.write_json_atomic(json_path, {
+        atomic.write_json(json_path, {
             "class_names": list(class_names),
             "matrix": counts.tolist(),  # rows: true class, columns: predicted class
             "per_class": per_class_metrics(counts, class_names),
@@ -124,7 +136,19 @@ def write_confusion(counts: np.ndarray, class_names: Sequence[str], png_path: st
 
 
 def plot_predictions(images: np.ndarray, labels, predictions, class_names, path: str, probabilities=None, columns: int = 6) -> str:
-    """A grid of images (uint8 or float in [0, 255]) titled true/predicted; wrong ones in red."""
+    """A grid of images titled true/predicted; wrong ones in red.
+
+    Args:
+      images: uint8 or float images in [0, 255].
+      labels, predictions: class indices, one per image.
+      class_names: the names of the classes.
+      path: the PNG to write.
+      probabilities: optional top probability per image, added to the titles.
+      columns: images per row.
+
+    Returns:
+      path.
+    """
     n = len(images)
     rows = max(1, int(np.ceil(n / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)

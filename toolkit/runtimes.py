@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from toolkit.messages import one_line
+
 BACKENDS = ("onnx", "savedmodel")
 # The artifact names of an export directory (toolkit.export.ONNX_FILES["onnx"], SAVED_MODEL, LABELS);
 # repeated here to keep this module free of TensorFlow at import, and checked equal by a test.
@@ -78,7 +80,16 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
 
 
 def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
-    """The model at `path` (see resolve_model), computing with `threads` threads (0: the library's default)."""
+    """A runnable classifier from an export, a SavedModel or an .onnx file.
+
+    Args:
+      path: what resolve_model accepts (an export dir, a saved_model/ dir, an .onnx file).
+      backend: "auto", "onnx" or "savedmodel".
+      threads: compute threads (0: the library's default).
+
+    Returns:
+      A Model: float32 NHWC [0, 255] images -> probabilities, with its class names and image size.
+    """
     if threads < 0:
         raise InferenceError(f"--threads: must be 0 (default) or positive, got {threads}")
     backend, path = resolve_model(path, backend)
@@ -217,8 +228,3 @@ def nonempty_batches(batches: Iterable, rows: Callable[[object], int] = batch_ro
     for batch in batches:
         if rows(batch) > 0:
             yield batch
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

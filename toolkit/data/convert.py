@@ -23,8 +23,7 @@ import sys
 
 from absl import app, flags
 
-from toolkit.data import external, folder, shards, writer
-from toolkit.data.folder import convert_folder  # noqa: F401  (the library entry, re-exported)
+from toolkit.data import external, folder, shards, splits, writer
 
 FORMATS = ("auto", "folder", "tfrecord")
 
@@ -51,7 +50,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     integer("shard_size", 1024, "At most this many images per shard.", lower=1)
     integer("min_shards", 8, "At least this many shards per split (fewer only if a split has fewer images), so up to this many workers each read their own files.", lower=1)
     integer("workers", 0, "Parallel worker processes; 0: every core.", lower=0)
-    integer("max_side", 0, "Downscale images whose SHORTER side exceeds this to exactly this (aspect kept); 0: keep sizes. 256 suits a 224 model and makes the input pipeline ~2x faster.", lower=0)
+    integer("max_side", 0, "Downscale images whose SHORTER side exceeds this to exactly this (aspect kept); 0: keep sizes. 256 suits a 224 model and speeds up the input pipeline (BENCHMARKS.md).", lower=0)
     integer("jpeg_quality", 90, "JPEG quality of re-encoded images (converted formats, --max_side).", lower=1)
     integer("label_offset", 0, "TFRecord sources: subtracted from stored labels (1 for shards that count labels from 1).")
     integer("seed", 0, "Seed of the validation split and of the storage order.")
@@ -62,8 +61,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def _looks_like_tfrecords(src: str) -> bool:
     if os.path.exists(os.path.join(src, shards.MANIFEST)):
         return True
-    prefixes = {alias for aliases in shards.SPLIT_ALIASES.values() for alias in aliases}
-    return any(os.path.isfile(p) for prefix in prefixes for p in glob.glob(os.path.join(src, f"{prefix}-*")))
+    return any(os.path.isfile(p) for prefix in splits.ALL_NAMES for p in glob.glob(os.path.join(src, f"{prefix}-*")))
 
 
 def convert_with_flags(fv: flags.FlagValues = flags.FLAGS) -> writer.Conversion:

@@ -18,9 +18,8 @@ import os
 
 import tensorflow as tf
 
-from toolkit.data import folder, schema, shards, writer
-
-VAL_SPLIT_CANDIDATES = ("validation", "val", "test")
+from toolkit.data import folder, records, schema, shards, writer
+from toolkit.data.splits import SPLITS
 
 
 def _tfds_builder(name: str, data_dir: str):
@@ -50,6 +49,53 @@ def _tfds_examples(builder, split: str, image_key: str, label_key: str):
     return ds.as_numpy_iterator()
 
 
+def _tfds_class_names(builder, name: str, image_key: str, label_key: str) -> list:
+    """The ClassLabel names, once both features are checked to be what the keys say."""
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
+    for key, kind in ((image_key, tfds.features.Image), (label_key, tfds.features.ClassLabel)):
+        if key not in features or not isinstance(features[key], kind):
+            raise writer.ConversionError(
+                f"--tfds_{'image' if kind is tfds.features.Image else 'label'}_key: {name} has no {kind.__name__} feature {key!r} "
+                f"(features: {', '.join(features.keys())})"
+            )
+    return list(features[label_key].names)
+
+
+def _tfds_val_split(splits, name: str, train_split: str, val_split: str) -> str:
+    """The validation split to read ("" to draw one from the train split), the names checked."""
+    if train_split not in splits:
+        raise writer.ConversionError(f"--tfds_train_split: {name} has no split {train_split!r} (splits: {', '.join(splits)})")
+    if val_split and val_split not in splits:
+        raise writer.ConversionError(f"--tfds_val_split: {name} has no split {val_split!r} (splits: {', '.join(splits)})")
+    return val_split or next((s for s in SPLITS["val"] if s in splits and s != train_split), "")
+
+
+def _tfds_candidates(builder, train_split: str, val_split: str, image_key: str, label_key: str,
+                     val_fraction: float, seed: int) -> dict:
+    """{split: (candidates, count)}: both TFDS splits, or a stratified split of the train split."""
+    import tensorflow_datasets as tfds
+
+    def candidates(split: str, keep=None):
+        for i, (encoded, label) in enumerate(_tfds_examples(builder, split, image_key, label_key)):
+            if keep is None or i in keep:
+                yield writer.Candidate(encoded, int(label), f"{split}[{i}]")
+
+    splits = builder.info.splits
+    if val_split:
+        n_train, n_val = splits[train_split].num_examples, splits[val_split].num_examples
+        return {"train": (candidates(train_split), n_train), "val": (candidates(val_split), n_val)}
+    labels_ds = builder.as_dataset(split=train_split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
+    labels = [(str(i), int(ex[label_key])) for i, ex in enumerate(labels_ds.as_numpy_iterator())]
+    train_keys, val_keys = folder.stratified_split(labels, val_fraction, seed)
+    train_idx, val_idx = {int(k) for k, _ in train_keys}, {int(k) for k, _ in val_keys}
+    return {
+        "train": (candidates(train_split, train_idx), len(train_idx)),
+        "val": (candidates(train_split, val_idx), len(val_idx)),
+    }
+
+
 def convert_tfds(
     name: str,
     out: str,
@@ -69,44 +115,24 @@ def convert_tfds(
     seed: int = 0,
     progress: bool = True,
 ) -> writer.Conversion:
-    """Convert a prepared TFDS dataset. The validation split is `val_split`, else the first of
-    validation/val/test that exists, else a stratified `val_fraction` drawn from the train split."""
-    import tensorflow_datasets as tfds
+    """Convert a prepared TFDS dataset (never downloads).
 
+    Args:
+      name: the TFDS dataset name; `data_dir` the directory it is prepared in.
+      out: the shard directory to write.
+      train_split, val_split: TFDS split names; an empty val_split takes the first of SPLITS["val"]
+        that exists, else a stratified `val_fraction` drawn from the train split (with `seed`).
+      image_key, label_key: the Image and ClassLabel features.
+      shard_size, min_shards: at most shard_size records per shard, at least min_shards shards.
+      workers, max_side, quality, overwrite, progress: as for `writer.write_dataset`.
+
+    Returns:
+      The writer.Conversion.
+    """
     builder = _tfds_builder(name, data_dir)
-    features = builder.info.features
-    for key, kind in ((image_key, tfds.features.Image), (label_key, tfds.features.ClassLabel)):
-        if key not in features or not isinstance(features[key], kind):
-            raise writer.ConversionError(
-                f"--tfds_{'image' if kind is tfds.features.Image else 'label'}_key: {name} has no {kind.__name__} feature {key!r} "
-                f"(features: {', '.join(features.keys())})"
-            )
-    class_names = list(features[label_key].names)
-    splits = builder.info.splits
-    if train_split not in splits:
-        raise writer.ConversionError(f"--tfds_train_split: {name} has no split {train_split!r} (splits: {', '.join(splits)})")
-    if val_split and val_split not in splits:
-        raise writer.ConversionError(f"--tfds_val_split: {name} has no split {val_split!r} (splits: {', '.join(splits)})")
-    if not val_split:
-        val_split = next((s for s in VAL_SPLIT_CANDIDATES if s in splits and s != train_split), "")
-
-    def candidates(split: str, keep=None):
-        for i, (encoded, label) in enumerate(_tfds_examples(builder, split, image_key, label_key)):
-            if keep is None or i in keep:
-                yield writer.Candidate(encoded, int(label), f"{split}[{i}]")
-
-    if val_split:
-        n_train, n_val = splits[train_split].num_examples, splits[val_split].num_examples
-        plan_items = {"train": (candidates(train_split), n_train), "val": (candidates(val_split), n_val)}
-    else:
-        labels_ds = builder.as_dataset(split=train_split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
-        labels = [(str(i), int(ex[label_key])) for i, ex in enumerate(labels_ds.as_numpy_iterator())]
-        train_keys, val_keys = folder.stratified_split(labels, val_fraction, seed)
-        train_idx, val_idx = {int(k) for k, _ in train_keys}, {int(k) for k, _ in val_keys}
-        plan_items = {
-            "train": (candidates(train_split, train_idx), len(train_idx)),
-            "val": (candidates(train_split, val_idx), len(val_idx)),
-        }
+    class_names = _tfds_class_names(builder, name, image_key, label_key)
+    val_split = _tfds_val_split(builder.info.splits, name, train_split, val_split)
+    plan_items = _tfds_candidates(builder, train_split, val_split, image_key, label_key, val_fraction, seed)
     plans = {
         split: writer.SplitPlan(items, total, writer.num_shards_for(total, shard_size, min_shards))
         for split, (items, total) in plan_items.items()
@@ -140,38 +166,22 @@ def convert_tfds(
     )
 
 
-def _value(feature, kind: str):
-    values = getattr(feature, kind).value
-    return values[0] if len(values) else None
-
-
 def _tfrecord_candidates(path: str, shard: int, label_offset: int, class_names, skipped: list):
     """Candidates of one input shard; records that cannot be used are added to `skipped`."""
     base = os.path.basename(path)
-    index = -1
-    try:
-        for index, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-            where = f"{base}[{index}]"
-            try:
-                features = tf.train.Example.FromString(record).features.feature
-            except Exception as e:
-                skipped.append({"file": where, "reason": f"not a tf.train.Example: {e}"})
-                continue
-            encoded = _value(features[schema.ENCODED], "bytes_list") if schema.ENCODED in features else None
-            stored = _value(features[schema.LABEL], "int64_list") if schema.LABEL in features else None
-            if encoded is None or stored is None:
-                skipped.append({"file": where, "reason": f"no {schema.ENCODED} or {schema.LABEL}"})
-                continue
-            label = int(stored) - label_offset
-            if label < 0 or (class_names and label >= len(class_names)):
-                skipped.append({"file": where, "reason": f"label {stored} - offset {label_offset} is out of range"})
-                continue
-            text = _value(features[schema.TEXT], "bytes_list") if schema.TEXT in features else None
-            filename = _value(features[schema.FILENAME], "bytes_list") if schema.FILENAME in features else None
-            name = filename.decode("utf-8", "replace") if filename else where
-            yield writer.Candidate(encoded, label, name, text.decode("utf-8", "replace") if text else None, shard)
-    except tf.errors.OpError as e:  # a corrupt or truncated shard: keep what was read
-        skipped.append({"file": f"{base}[{index + 1}:]", "reason": f"unreadable shard data: {e.message.splitlines()[0]}"})
+    for record in records.read_records(path):
+        where = f"{base}[{record.index}]"
+        label = None if record.label is None else record.label - label_offset
+        if record.corrupt:  # a corrupt or truncated shard: keep what was read
+            skipped.append({"file": f"{base}[{record.index}:]", "reason": f"unreadable shard data: {record.error}"})
+        elif record.error:
+            skipped.append({"file": where, "reason": record.error})
+        elif record.encoded is None or label is None:
+            skipped.append({"file": where, "reason": f"no {schema.ENCODED} or {schema.LABEL}"})
+        elif label < 0 or (class_names and label >= len(class_names)):
+            skipped.append({"file": where, "reason": f"label {record.label} - offset {label_offset} is out of range"})
+        else:
+            yield writer.Candidate(record.encoded, label, record.filename or where, record.text or None, shard)
 
 
 def convert_tfrecords(
@@ -187,9 +197,17 @@ def convert_tfrecords(
 ) -> writer.Conversion:
     """Convert ImageNet-style TFRecord shards (train-*, validation-*/val-*) into our format.
 
-    Output shards mirror the input shards one to one. Stored labels become `label - label_offset`
-    (records falling below 0 are skipped and reported). Class names come from the source's
-    manifest when it is one of ours, else from each label's `image/class/text`.
+    Output shards mirror the input shards one to one. Class names come from the source's manifest
+    when it is one of ours, else from each label's `image/class/text`.
+
+    Args:
+      src: the directory of the source shards.
+      out: the shard directory to write.
+      label_offset: subtracted from stored labels (records falling below 0 are skipped and reported).
+      workers, max_side, quality, overwrite, progress: as for `writer.write_dataset`.
+
+    Returns:
+      The writer.Conversion.
     """
     try:
         info = shards.read_dataset_info(src)

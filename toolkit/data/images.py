@@ -86,7 +86,8 @@ SIGNATURES = (
 )
 
 
-def _signature(data: bytes) -> str:
+def signature(data: bytes) -> str:
+    """The image format its first bytes announce ("JPEG", "PNG", "WEBP", ...), or "" if none."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return next((kind for magic, kind in SIGNATURES if data.startswith(magic)), "")
@@ -106,7 +107,7 @@ def prepare_image(data: bytes, max_side: int = 0, quality: int = 90) -> Prepared
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        kind = _signature(data)
+        kind = signature(data)
         if kind:
             raise BadImage(f"corrupt image: a {kind} signature but an unreadable header") from None
         raise BadImage("not an image (unrecognised format)") from None

@@ -5,8 +5,8 @@ A shard directory (what `toolkit.data.convert` and the demo dataset write):
   labels.txt      one class name per line, line i is label i
   manifest.json   counts per class and split, shard list, source, options, skipped files
 
-Every file is written under a temporary name and renamed into place, so a crash never leaves a
-half-written shard or manifest behind that a reader would take as complete.
+Every file is written through toolkit.atomic, so a crash never leaves a half-written shard or
+manifest behind that a reader would take as complete.
 """
 
 from __future__ import annotations
@@ -15,56 +15,40 @@ import dataclasses
 import glob
 import json
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import tensorflow as tf
 
+from toolkit import atomic
+from toolkit.data import splits
+
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MANIFEST_FORMAT = "toolkit-tfrecord-v1"
-SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validation", "test")}
 
 
 def shard_name(split: str, index: int, total: int) -> str:
+    """The file name of shard `index` of `total` of a split: train-00000-of-00004.tfrecord."""
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
 
 
 def write_shard(path: str, records: Iterable[bytes]) -> int:
     """Write serialized records to `path` atomically; returns the number written."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    n = 0
-    try:
+
+    def write(tmp: str) -> int:
+        n = 0
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in records:
                 writer.write(record)
                 n += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return n
+        return n
 
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write a small text file via a temp file in the same directory, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return atomic.write_with(path, write)
 
 
 def write_labels(directory: str, class_names: Sequence[str]) -> None:
-    write_text_atomic(os.path.join(directory, LABELS), "".join(f"{n}\n" for n in class_names))
+    """labels.txt in `directory`: one class name per line, line i is label i."""
+    atomic.write_text(os.path.join(directory, LABELS), "".join(f"{n}\n" for n in class_names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +97,7 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
             class_names = tuple(line.rstrip("\n") for line in f if line.strip())
 
     files, counts = {}, {}
-    for split, aliases in SPLIT_ALIASES.items():
+    for split, aliases in splits.SPLITS.items():
         listed = manifest.get("splits", {}).get(split, {})
         if listed.get("shards"):
             files[split] = tuple(os.path.join(data_dir, s) for s in listed["shards"])

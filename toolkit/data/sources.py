@@ -14,6 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from toolkit import atomic
 from toolkit.data import schema, shards
 
 DEMO_CLASSES = ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots")
@@ -71,9 +72,19 @@ def write_demo_dataset(
     num_shards: int = 4,
     seed: int = 2016,
 ) -> str:
-    """Generate the demo dataset into `out_dir` (shards, labels.txt, manifest.json); returns out_dir.
+    """Generate the demo dataset into `out_dir` (shards, labels.txt, manifest.json).
 
     Reuses an existing complete copy with the same options instead of regenerating it.
+
+    Args:
+      out_dir: the shard directory.
+      train_count, val_count: images per split.
+      image_size: the side of the square images.
+      num_shards: shards per split.
+      seed: the generator's seed (the same images every time).
+
+    Returns:
+      out_dir.
     """
     options = {
         "version": DEMO_VERSION,
@@ -105,7 +116,7 @@ def write_demo_dataset(
         splits[split] = {"count": count, "per_class": per_class, "shards": names}
 
     shards.write_labels(out_dir, DEMO_CLASSES)
-    shards.write_json_atomic(
+    atomic.write_json(
         manifest_path,
         {
             "format": shards.MANIFEST_FORMAT,

@@ -10,28 +10,29 @@ per split: the `Candidate`s in the order they are to be stored, and a number of 
   - records stream into shards, one open writer at a time: shard k receives the candidates at
     positions [k*total/n, (k+1)*total/n) unless a candidate names its shard; shards left empty by
     skipped files are dropped and the rest renumbered;
-  - the whole output is built in a temporary sibling directory and renamed into place at the end,
-    so an interrupted run leaves the previous output or nothing, never half a dataset.
+  - the whole output is built in a temporary sibling directory and renamed into place at the end
+    (toolkit.atomic.directory), so an interrupted run leaves the previous output or nothing,
+    never half a dataset.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import itertools
 import math
 import multiprocessing
 import os
-import re
-import shutil
-import tempfile
 import time
 from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import tensorflow as tf
 import tqdm
 
+from toolkit import atomic
 from toolkit.data import images, schema, shards
+from toolkit.messages import op_message
 
 CHUNK = 8  # images per inter-process round trip
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, bounded memory
@@ -119,11 +120,6 @@ def _chunks(iterable: Iterable, size: int):
         yield chunk
 
 
-def _op_message(error: tf.errors.OpError) -> str:
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
-    return re.sub(r"\s*\[Op:.*$", "", message).splitlines()[0] if message else type(error).__name__
-
-
 def tf_decode_error(data: bytes) -> Optional[str]:
     """None if TensorFlow's JPEG decoder (the one training reads with) accepts the bytes, else why not.
 
@@ -135,7 +131,7 @@ def tf_decode_error(data: bytes) -> Optional[str]:
         tf.io.decode_jpeg(data, channels=3, ratio=8)
         return None
     except tf.errors.OpError as e:
-        return f"corrupt image: TensorFlow's JPEG decoder rejects it ({_op_message(e)})"
+        return f"corrupt image: TensorFlow's JPEG decoder rejects it ({op_message(e)})"
 
 
 def _verified(results: list, threads) -> list:
@@ -213,16 +209,6 @@ class _SplitWriter:
         return names, [self.counts[k] for k in kept]
 
 
-def _move_into_place(tmp: str, out_dir: str) -> None:
-    if os.path.isdir(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-
-
 def _derived_class_names(texts: dict) -> list:
     size = max(texts) + 1 if texts else 0
     return [texts.get(k) or f"class_{k}" for k in range(size)]
@@ -244,93 +230,116 @@ def write_dataset(
     extra: Optional[dict] = None,
     protect: Sequence[str] = (),
 ) -> Conversion:
-    """Prepare and write every split of `plans` ({split: SplitPlan}) into `out_dir`.
+    """Prepare and write every split of `plans` into `out_dir`, replacing it as a whole.
 
-    `class_names=None` derives them from the candidates' texts (labels 0..max). `skipped` holds
-    what the source rejected (a list it may keep appending to while its candidates are read);
-    `extra` adds manifest keys; `protect` lists source paths the output must not overlap.
-    Returns the output directory, its manifest and the time taken.
+    Args:
+      out_dir: the shard directory to (re)write; see `check_output` for what is refused.
+      plans: {split: SplitPlan}.
+      class_names: the names of labels 0..n-1; None derives them from the candidates' texts.
+      source: what the manifest names as the source.
+      options: the conversion options the manifest records.
+      max_side, quality: downscale images whose shorter side exceeds max_side (0: never); JPEG
+        quality of re-encoded images.
+      workers: worker processes preparing images (0: one per core).
+      overwrite: replace an existing shard directory.
+      progress: show a tqdm bar.
+      skipped: what the source rejected (a list it may keep appending while its candidates are read).
+      extra: more manifest keys.
+      protect: source paths the output must not overlap.
+
+    Returns:
+      A Conversion: the output directory, its manifest and the seconds taken.
     """
     start = time.monotonic()
     out_dir = os.path.abspath(out_dir)
     check_output(out_dir, overwrite, protect)
     workers = workers if workers > 0 else default_workers()
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     pool = threads = None
-    rejected = []  # images the workers could not use; `skipped` may still grow while we read
-    actions = collections.Counter()
-    texts = {}
-    bytes_written = 0
-    splits = {}
     total = sum(plan.total for plan in plans.values())
     bar = tqdm.tqdm(total=total or None, unit="img", desc="convert", disable=not progress, mininterval=0.5)
+    tally = _Tally()
     try:
-        if workers > 1:
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_worker_context())
-            threads = concurrent.futures.ThreadPoolExecutor(workers)
-        window = max(2, workers * IN_FLIGHT_PER_WORKER)
-        for split, plan in plans.items():
-            writer = _SplitWriter(tmp, split)
-            labels = collections.Counter()
-            n_shards = max(1, plan.num_shards)
-            results = _prepared(plan.candidates, pool, threads, max_side, quality, window)
-            for position, (candidate, result) in enumerate(results):
-                bar.update(1)
-                if isinstance(result, str):
-                    rejected.append({"file": candidate.filename, "reason": result})
-                    bar.set_postfix(skipped=len(skipped) + len(rejected), refresh=False)
-                    continue
-                label = int(candidate.label)
-                if class_names is not None:
-                    text = class_names[label] if candidate.text is None else candidate.text
-                else:
-                    text = candidate.text or ""
-                    texts.setdefault(label, text)
-                shard = candidate.shard
-                if shard is None:
-                    shard = min(n_shards - 1, position * n_shards // max(1, plan.total))
-                record = schema.encode_example(result.data, label, text, result.height, result.width, candidate.filename)
-                writer.write(shard, record)
-                labels[label] += 1
-                actions[result.action] += 1
-                bytes_written += len(record)
-            names, counts = writer.finish()
-            splits[split] = {"count": sum(counts), "labels": labels, "shards": names, "shard_counts": counts}
-        bar.close()
-        if class_names is None:
-            class_names = _derived_class_names(texts)
-        class_names = list(class_names)
-        for split, entry in splits.items():
-            by_label = entry.pop("labels")
-            entry["per_class"] = {name: by_label.get(k, 0) for k, name in enumerate(class_names)}
-            entry = {k: entry[k] for k in ("count", "per_class", "shards", "shard_counts")}
-            splits[split] = entry
-        manifest = {"format": shards.MANIFEST_FORMAT, "source": source, **(extra or {})}
-        manifest.update(
-            class_names=class_names,
-            splits=splits,
-            options=options,
-            skipped=list(skipped) + rejected,
-            stats={
-                "stored_as_is": actions["kept"],
-                "reencoded": actions["reencoded"],
-                "resized": actions["resized"],
-                "bytes": bytes_written,
-            },
-        )
-        shards.write_labels(tmp, class_names)
-        shards.write_json_atomic(os.path.join(tmp, shards.MANIFEST), manifest)
-        _move_into_place(tmp, out_dir)
+        with atomic.directory(out_dir) as tmp:
+            if workers > 1:
+                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_worker_context())
+                threads = concurrent.futures.ThreadPoolExecutor(workers)
+            prepare = functools.partial(_prepared, pool=pool, threads=threads, max_side=max_side, quality=quality,
+                                        window=max(2, workers * IN_FLIGHT_PER_WORKER))
+            splits = {split: _write_split(tmp, split, plan, prepare, class_names, tally, bar, skipped)
+                      for split, plan in plans.items()}
+            bar.close()
+            class_names = list(_derived_class_names(tally.texts) if class_names is None else class_names)
+            manifest = {"format": shards.MANIFEST_FORMAT, "source": source, **(extra or {})}
+            manifest.update(
+                class_names=class_names,
+                splits={split: _split_entry(entry, class_names) for split, entry in splits.items()},
+                options=options,
+                skipped=list(skipped) + tally.rejected,
+                stats={
+                    "stored_as_is": tally.actions["kept"],
+                    "reencoded": tally.actions["reencoded"],
+                    "resized": tally.actions["resized"],
+                    "bytes": tally.bytes_written,
+                },
+            )
+            shards.write_labels(tmp, class_names)
+            atomic.write_json(os.path.join(tmp, shards.MANIFEST), manifest)
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
             threads.shutdown(wait=True, cancel_futures=True)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return Conversion(out_dir, manifest, time.monotonic() - start)
+
+
+class _Tally:
+    """What every split's writing adds up: rejected images, actions, class texts, bytes."""
+
+    def __init__(self):
+        self.rejected = []  # images the workers could not use
+        self.actions = collections.Counter()
+        self.texts = {}  # label -> the first class text seen (when class names are derived)
+        self.bytes_written = 0
+
+
+def _write_split(tmp: str, split: str, plan: SplitPlan, prepare, class_names, tally: _Tally, bar, skipped) -> dict:
+    """Write one split's shards into `tmp`: {count, labels (a Counter), shards, shard_counts}."""
+    writer = _SplitWriter(tmp, split)
+    labels = collections.Counter()
+    n_shards = max(1, plan.num_shards)
+    for position, (candidate, result) in enumerate(prepare(plan.candidates)):
+        bar.update(1)
+        if isinstance(result, str):
+            tally.rejected.append({"file": candidate.filename, "reason": result})
+            bar.set_postfix(skipped=len(skipped) + len(tally.rejected), refresh=False)
+            continue
+        label = int(candidate.label)
+        if class_names is not None:
+            text = class_names[label] if candidate.text is None else candidate.text
+        else:
+            text = candidate.text or ""
+            tally.texts.setdefault(label, text)
+        shard = candidate.shard
+        if shard is None:
+            shard = min(n_shards - 1, position * n_shards // max(1, plan.total))
+        record = schema.encode_example(result.data, label, text, result.height, result.width, candidate.filename)
+        writer.write(shard, record)
+        labels[label] += 1
+        tally.actions[result.action] += 1
+        tally.bytes_written += len(record)
+    names, counts = writer.finish()
+    return {"count": sum(counts), "labels": labels, "shards": names, "shard_counts": counts}
+
+
+def _split_entry(entry: dict, class_names: Sequence[str]) -> dict:
+    """A split's manifest entry: count, per_class (by name), shards, shard_counts."""
+    by_label = entry["labels"]
+    return {
+        "count": entry["count"],
+        "per_class": {name: by_label.get(k, 0) for k, name in enumerate(class_names)},
+        "shards": entry["shards"],
+        "shard_counts": entry["shard_counts"],
+    }
 
 
 def format_summary(conversion: Conversion) -> str:
