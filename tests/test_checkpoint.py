@@ -1,5 +1,8 @@
 """Checkpoints carry everything a resume needs: step, epoch, weights, optimizer slots, loss scale."""
 
+import os
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -57,11 +60,17 @@ def test_only_the_last_k_checkpoints_are_kept(tmp_path):
 
 
 def test_fresh_sets_the_old_run_aside_without_deleting_it(tmp_path):
+    assert checkpoint.set_aside_previous_run(str(tmp_path)) is None  # nothing to set aside
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "checkpoint").write_text("x")
     (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "run.json").write_text('{"num_classes": 3}')
+    (tmp_path / "notes.txt").write_text("mine")  # not the toolkit's: stays where it is
     moved = checkpoint.set_aside_previous_run(str(tmp_path))
-    assert moved and (tmp_path / moved / "checkpoints" / "checkpoint").read_text() == "x"
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+    assert re.fullmatch(r"previous-\d{8}-\d{6}", os.path.basename(moved)) and os.path.dirname(moved) == str(tmp_path)
+    assert (tmp_path / moved / "checkpoints" / "checkpoint").read_text() == "x"
+    assert (tmp_path / moved / "metrics.jsonl").read_text() == "{}\n"
+    assert checkpoint.load_run_record(moved) == {"num_classes": 3}  # the old run.json, whole
+    assert sorted(os.listdir(tmp_path)) == sorted(["notes.txt", os.path.basename(moved)])
     with pytest.raises(ValueError, match="--model_dir"):
-        checkpoint.load_run_record(str(tmp_path))
+        checkpoint.load_run_record(str(tmp_path))  # it had one before the set-aside

@@ -62,6 +62,7 @@ def check_reports(out, metrics, model, labelled):
     assert lines[0].startswith("input,status,label,class_1") and len(lines) == 1 + len(labelled) + len(metrics["failures"])
 
 
+@pytest.mark.slow
 def test_folder_accuracy_equals_the_hand_count(model, labelled, tmp_path):
     root, files = labelled
     data = evaluate.read_labelled(root)
@@ -73,6 +74,7 @@ def test_folder_accuracy_equals_the_hand_count(model, labelled, tmp_path):
     assert "corrupt image" in metrics["failures"][0]["reason"]
 
 
+@pytest.mark.slow
 def test_shards_with_other_label_numbers_and_the_savedmodel_give_the_same(model, labelled, tmp_path):
     _, files = labelled
     shards_dir = tmp_path / "shards"
@@ -93,6 +95,7 @@ def test_classes_the_model_does_not_know_are_refused():
         evaluate.label_mapping(("ants", "wasps"), ("ants", "bees"))
 
 
+@pytest.mark.slow
 def test_the_command_line_writes_every_report(model, labelled, tmp_path):
     root, _ = labelled
     out = tmp_path / "eval"
@@ -103,6 +106,7 @@ def test_the_command_line_writes_every_report(model, labelled, tmp_path):
     assert "evaluate: 9 images (1 could not be scored): top-1" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_folder_without_classes_in_one_line(model, tmp_path):
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "x.jpg").write_bytes(b"x")

@@ -26,7 +26,7 @@ class ServingModule(tf.Module):
     """What the SavedModel holds: the model's variables, the two serving functions, labels.txt.
 
     The Keras model itself is deliberately not an attribute: tracking it makes tf.saved_model.save
-    walk and trace every layer (3x slower for ResNet50); the functions only need its variables.
+    walk and trace every layer (much slower; BENCHMARKS.md); the functions only need its variables.
     """
 
     def __init__(self, model: keras.Model, image_size: int, labels_path: str):

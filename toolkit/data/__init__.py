@@ -1,0 +1,1 @@
+"""Data: converting sources into TFRecord shards, reading them back, and the shared preprocessing."""

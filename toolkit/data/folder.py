@@ -21,10 +21,7 @@ import hashlib
 import os
 from typing import NamedTuple
 
-from toolkit.data import writer
-
-SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation")}
-
+from toolkit.data import splits, writer
 
 class FolderScan(NamedTuple):
     layout: str  # "classes" or "splits"
@@ -56,7 +53,7 @@ def _files_under(root: str, top: str) -> list:
 
 
 def _split_folder(src: str, split: str):
-    for name in SPLIT_FOLDERS[split]:
+    for name in splits.SPLITS[split]:
         path = os.path.join(src, name)
         if os.path.isdir(path) and _subdirs(path):
             return name
@@ -151,7 +148,19 @@ def convert_folder(
     seed: int = 0,
     progress: bool = True,
 ) -> writer.Conversion:
-    """Convert an image folder (either layout) into shards + labels.txt + manifest.json in `out`."""
+    """Convert an image folder (either layout, see the module doc) into shards.
+
+    Args:
+      src: the image folder.
+      out: the shard directory to write (shards, labels.txt, manifest.json).
+      val_fraction: the share of each class drawn for validation when the folder has no val/.
+      shard_size, min_shards: at most shard_size records per shard, at least min_shards shards.
+      seed: the seed of the drawn validation split and of the storage order.
+      workers, max_side, quality, overwrite, progress: as for `writer.write_dataset`.
+
+    Returns:
+      The writer.Conversion.
+    """
     if not 0 <= val_fraction < 1:
         raise writer.ConversionError(f"--val_fraction: must be in [0, 1), got {val_fraction}")
     scan = scan_folder(src)

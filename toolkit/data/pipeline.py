@@ -98,8 +98,19 @@ def make_train_dataset(
     """Batches of (normalized images, int32 labels) for every epoch from `start_epoch` on.
 
     Each epoch yields exactly `steps_per_epoch` batches per replica (files of a short shard wrap
-    around), so every worker agrees on when an epoch ends. `skip_steps` drops the first steps of
-    `start_epoch` without decoding them: the exact resume point of a checkpoint.
+    around), so every worker agrees on when an epoch ends.
+
+    Args:
+      config: the DataConfig (image size, batch size, augmentation, seed, reader settings).
+      files: the training shards.
+      steps_per_epoch: batches per epoch and replica.
+      input_context: this input pipeline's place among all (None: the only one).
+      start_epoch: the first epoch to yield (its shuffle and augmentation seeds follow from it).
+      skip_steps: the first steps of `start_epoch` dropped without decoding them: the exact
+        resume point of a checkpoint.
+
+    Returns:
+      An infinite tf.data.Dataset.
     """
     num_pipelines, pipeline_id, replicas_here = _pipeline_position(input_context)
     batch = _per_replica_batch(config, input_context)
@@ -140,7 +151,16 @@ def make_eval_dataset(
     files: Sequence[str],
     input_context: Optional[tf.distribute.InputContext] = None,
 ) -> tf.data.Dataset:
-    """Batches of (normalized images, int32 labels): center crop, fixed order, last batch kept."""
+    """Batches of (normalized images, int32 labels): center crop, fixed order, last batch kept.
+
+    Args:
+      config: the DataConfig (image size, batch size, label offset, reader settings).
+      files: the validation shards (read interleaved, one record from each in turn).
+      input_context: this input pipeline's place among all; each reads its own share of files.
+
+    Returns:
+      A finite tf.data.Dataset (one pass).
+    """
     num_pipelines, pipeline_id, _ = _pipeline_position(input_context)
     files = _shard_files(files, num_pipelines, pipeline_id)
     config_in_order = DataConfig(**{**config.__dict__, "deterministic": True})

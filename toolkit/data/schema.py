@@ -51,7 +51,18 @@ def encode_example(
     filename: str = "",
     image_format: str = "JPEG",
 ) -> bytes:
-    """One serialized tf.train.Example in the schema above."""
+    """One serialized tf.train.Example in the schema above.
+
+    Args:
+      encoded: the encoded image bytes.
+      label: the class index; text its name.
+      height, width: the image's size in pixels.
+      filename: where the image came from.
+      image_format: "JPEG", "PNG", ...
+
+    Returns:
+      The serialized Example.
+    """
     feature = {
         ENCODED: _bytes(encoded),
         FORMAT: _bytes(image_format.encode()),

@@ -95,6 +95,17 @@ def build_model(
 
     Built under whatever dtype policy is global (mixed_float16 / mixed_bfloat16 included); the
     head's output is always float32 so the loss and the softmax are computed at full precision.
+
+    Args:
+      num_classes: outputs of the dense head.
+      image_size: the side of the square input.
+      depth: 50, 101 or 152 (STAGES).
+      sync_batchnorm: BatchNorm statistics across replicas.
+      freeze_backbone: train only the head.
+      name: the model's name (default resnet{depth}v2).
+
+    Returns:
+      An uncompiled keras.Model.
     """
     inputs = keras.Input((image_size, image_size, 3), name="images")
     features = build_backbone(inputs, depth, sync_batchnorm)
