@@ -72,14 +72,15 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert (model_dir / "summary.json").read_bytes() == summary_bytes
 
     # the same command with more epochs continues from step 4, it does not start over
-    second = train(model_dir, f"--data_dir={demo_data}", "--epochs=2")
+    # (evaluating every 3rd epoch: epoch 2 is skipped, epoch 3 is the last and always evaluated)
+    second = train(model_dir, f"--data_dir={demo_data}", "--epochs=3", "--eval_every=3")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stdout and "at step 4" in second.stdout
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
     resumed_summary = json.loads((model_dir / "summary.json").read_text())
-    assert resumed_summary["steps"] == 8
-    assert [h["epoch"] for h in resumed_summary["history"]] == [1, 2]  # the part before the resume kept
+    assert resumed_summary["steps"] == 12
+    assert [h["epoch"] for h in resumed_summary["history"]] == [1, 3]  # the part before the resume kept
 
     # --fresh starts anew and keeps the old run aside
     third = train(model_dir, f"--data_dir={demo_data}", "--epochs=1", "--fresh")

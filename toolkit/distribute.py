@@ -128,6 +128,20 @@ def set_precision_policy(precision: str) -> None:
 EXIT_CLUSTER = 5
 
 
+def exit_now(code: int) -> None:
+    """End the process at once, scratch directories removed, output flushed.
+
+    After a lost worker, a normal exit waits in TensorFlow's shutdown for the coordination
+    service's barrier with the dead task (tens of seconds); there is nothing left to save.
+    """
+    from toolkit.checkpoint import remove_scratch_dirs
+
+    remove_scratch_dirs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def _deadline(seconds: int, message: str):
     """End the process (exit code 1) if the block has not finished within `seconds` (0: never).

@@ -55,7 +55,7 @@ def main(argv):
         latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, "checkpoints"))
         error(f"a worker of the multi-worker job was lost ({_cause(e)}); stop every worker and run the same "
               f"command on each again to resume from the last checkpoint ({latest or 'none yet: starts over'})")
-        sys.exit(distribute.EXIT_CLUSTER)
+        distribute.exit_now(distribute.EXIT_CLUSTER)
 
 
 def _cause(e) -> str:

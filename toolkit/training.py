@@ -11,7 +11,6 @@ write nothing there.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import numpy as np
@@ -124,8 +123,7 @@ def _watch_chief(s: Session):
         latest = tf.train.latest_checkpoint(s.checkpointer.directory) or "none yet: starts over"
         error(f"a worker of the multi-worker job was lost ({reason}); stop every worker and run the same command on "
               f"each again to resume from the last checkpoint ({latest})")
-        s.checkpointer.close()  # os._exit runs no exit handlers
-        os._exit(distribute.EXIT_CLUSTER)  # the main thread is blocked inside a collective
+        distribute.exit_now(distribute.EXIT_CLUSTER)  # the main thread is blocked inside a collective
 
     return distribute.ChiefWatch(address, lost)
 
