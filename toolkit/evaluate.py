@@ -34,6 +34,7 @@ import numpy as np
 
 from toolkit import atomic, inference, prediction_files, runtimes
 from toolkit.data import splits
+from toolkit.data.listing import subdirs
 
 TOP_K = 5
 GRID = 24
@@ -45,10 +46,6 @@ class LabelledData:
     class_names: tuple  # the data's own class names (empty: labels are model indices)
     source: str  # "folder" or "tfrecord"
     directory: str
-
-
-def _subdirs(path: str) -> list:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
 def _holds_shards(path: str) -> bool:
@@ -75,12 +72,12 @@ def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
         inputs = inference.Inputs(tuple(files), tfrecord=True, count=info.counts.get(split) or None)
         return LabelledData(inputs, tuple(info.class_names), "tfrecord", data_dir)
 
-    root, classes = data_dir, _subdirs(data_dir)
+    root, classes = data_dir, subdirs(data_dir)
     if classes and set(classes) <= set(splits.ALL_NAMES):
         if split not in classes:
             raise runtimes.InferenceError(f"--split: {data_dir} has no {split}/ folder (it has {', '.join(classes)})")
         root = os.path.join(data_dir, split)
-        classes = _subdirs(root)
+        classes = subdirs(root)
     if not classes:
         raise runtimes.InferenceError(f"--data: {data_dir} holds neither TFRecord shards nor class subfolders")
     files, labels = [], []

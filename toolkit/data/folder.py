@@ -22,6 +22,7 @@ import os
 from typing import NamedTuple
 
 from toolkit.data import splits, writer
+from toolkit.data.listing import plain_files, subdirs, visible
 
 class FolderScan(NamedTuple):
     layout: str  # "classes" or "splits"
@@ -31,31 +32,19 @@ class FolderScan(NamedTuple):
     skipped: list  # [{"file", "reason"}]
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def _subdirs(path: str) -> list:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
-
-
-def _plain_files(path: str) -> list:
-    return sorted(e.name for e in os.scandir(path) if not e.is_dir() and _visible(e.name))
-
-
 def _files_under(root: str, top: str) -> list:
     """Every visible file below root/top, as paths relative to root, sorted."""
     found = []
     for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if _visible(f))
+        dirnames[:] = sorted(d for d in dirnames if visible(d))
+        found.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if visible(f))
     return sorted(found)
 
 
 def _split_folder(src: str, split: str):
     for name in splits.SPLITS[split]:
         path = os.path.join(src, name)
-        if os.path.isdir(path) and _subdirs(path):
+        if os.path.isdir(path) and subdirs(path):
             return name
     return None
 
@@ -71,17 +60,17 @@ def scan_folder(src: str) -> FolderScan:
         val_dir = _split_folder(src, "val")
         tops = {"train": train_dir, "val": val_dir}
         used = {d for d in tops.values() if d}
-        for name in _subdirs(src):
+        for name in subdirs(src):
             if name not in used:
                 skipped.append({"file": name + "/", "reason": "folder not used: only train/ and val/ are read"})
-        for name in _plain_files(src):
+        for name in plain_files(src):
             skipped.append({"file": name, "reason": "not inside a class folder"})
-        class_names = sorted({c for d in used for c in _subdirs(os.path.join(src, d))})
+        class_names = sorted({c for d in used for c in subdirs(os.path.join(src, d))})
         layout = "splits"
     else:
         tops = {"train": "", "val": None}
-        class_names = _subdirs(src)
-        for name in _plain_files(src):
+        class_names = subdirs(src)
+        for name in plain_files(src):
             skipped.append({"file": name, "reason": "not inside a class folder"})
         layout = "classes"
     if not class_names:
@@ -95,9 +84,9 @@ def scan_folder(src: str) -> FolderScan:
             continue
         base = os.path.join(src, top) if top else src
         split_dirs[split] = base
-        for name in _plain_files(base) if top else ():
+        for name in plain_files(base) if top else ():
             skipped.append({"file": os.path.join(top, name), "reason": "not inside a class folder"})
-        for class_name in _subdirs(base):
+        for class_name in subdirs(base):
             rel_class = os.path.join(top, class_name) if top else class_name
             files[split].extend((rel, label_of[class_name]) for rel in _files_under(src, rel_class))
     return FolderScan(layout, tuple(class_names), files, split_dirs, skipped)
