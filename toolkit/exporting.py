@@ -221,9 +221,8 @@ def _write_formats(tmp: str, model, record: dict, info: shards.DatasetInfo, conf
 def _quantize(tmp: str, record: dict, info: shards.DatasetInfo, layout: str) -> None:
     """model_int8.onnx in `tmp`, calibrated on the first CALIBRATION_IMAGES training images."""
     batches = records.image_batches(info.split_files("train"), record["image_size"], CALIBRATION_IMAGES, 8, _label_offset(record))
-    calibration = (images for images, _, _ in batches)
     try:
-        onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]), calibration, layout)
+        onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]), (b[0] for b in batches), layout)
     except ValueError as e:  # no calibration images: the training shards are empty
         raise ExportError(f"--onnx_int8: {one_line(e)} in {info.data_dir}") from e
 
@@ -253,8 +252,7 @@ def _export_record(model_dir: str, source: str, record: dict, config: ExportConf
         "class_names": names,
         "image_size": size,
         "input": {"dtype": "float32", "range": [0, 255], "preprocessing": onnx_tools.preprocessing_text(size, "nhwc")},
-        "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits",
-                                                           serving.BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
+        "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", serving.BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
         "onnx": {"opset": config.opset, "layout": config.onnx_layout, "input": onnx_tools.INPUT_NAME, "outputs": list(onnx_tools.OUTPUT_NAMES)},
         "artifacts": {"saved_model": SAVED_MODEL, **{k: ONNX_FILES[k] for k in onnx_paths}, "labels": LABELS, "parity": PARITY_REPORT},
         "config": dataclasses.asdict(config),
@@ -360,8 +358,8 @@ def _check_settings(config: ExportConfig) -> None:
         raise ExportError(str(e)) from e
 
 
-def _check_target(target: str) -> str:
-    """The export dir's parent, created if needed; fails early when the export cannot be written."""
+def _check_target(target: str) -> None:
+    """Create the export dir's parent if needed; fail early when the export cannot be written."""
     parent = os.path.dirname(target)
     for path in (target, parent):
         if os.path.exists(path) and not os.path.isdir(path):
@@ -374,7 +372,6 @@ def _check_target(target: str) -> str:
         os.rmdir(probe)
     except OSError as e:
         raise ExportError(f"--export_dir: cannot write in {parent}: {e.strerror or e}") from e
-    return parent
 
 
 def _dataset(record: dict, data_dir: str | None) -> shards.DatasetInfo:
