@@ -49,6 +49,14 @@ def test_a_replica_with_an_empty_batch_leaves_evaluation_exact(matrix):
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("replicas", ["one", "two"])
+def test_steps_in_one_device_loop_equal_as_many_single_steps(matrix, replicas):
+    got = matrix["steps_per_loop"][replicas]
+    assert got["weights_moved"] > 1e-3  # the steps really trained
+    assert got["losses_loop"] == pytest.approx(got["losses_single"], abs=1e-6)
+    assert got["max_weight_diff"] < 1e-6
+
+
 def test_a_bf16_two_replica_run_evaluates_every_image_and_passes_the_parity_gate(matrix):
     run = matrix["run"]
     assert (run["replicas"], run["precision"], run["xla"]) == (2, "bf16", False)  # XLA is off on CPU replicas

@@ -41,7 +41,7 @@ def test_imagenet_recipe_scales_the_learning_rate_with_the_batch():
 # Each recipe starts: `python -m toolkit.train --flagfile RECIPE` trains its first step on the demo
 # shards. Only the sizes are shrunk on the command line (later flags win over the flagfile); the
 # optimizer, schedule, regularization and data options are the recipe's own.
-SHRINK = ["--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=1", "--noexport", "--precision=fp32", "--noxla"]
+SHRINK = ["--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=1", "--noexport", "--precision=fp32", "--xla=off"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)

@@ -174,7 +174,7 @@ def test_sources_train_a_few_steps(source, tmp_path):
         data=data,
         model=ModelConfig(num_classes=num_classes),
         train=TrainConfig(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, learning_rate=0.01, warmup_epochs=0, log_every=1,
-                          xla=False),
+                          xla="off"),
         export=ExportConfig(export=False),  # the data path is under test here; test_export covers exporting
     )
     summary = training.run(config)

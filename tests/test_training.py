@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 # small and quick: 32 px demo images, 8 per global batch
-TINY = ["--image_size=32", "--batch_size=8", "--steps_per_epoch=4", "--log_every=2", "--noexport", "--noxla",
+TINY = ["--image_size=32", "--batch_size=8", "--steps_per_epoch=4", "--log_every=2", "--noexport", "--xla=off",
         "--precision=fp32", "--learning_rate=0.01"]
 
 

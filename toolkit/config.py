@@ -15,6 +15,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTHS = (50, 101, 152)
+XLA_MODES = ("auto", "on", "off")
 LAYOUTS = ("nhwc", "nchw")
 # The oldest opset tf2onnx converts ResNetV2 to without workarounds.
 MIN_OPSET = 13
@@ -70,11 +71,17 @@ class TrainConfig:
     weight_decay: float = _opt(5e-5, "Weight decay of kernels (decoupled for sgd/adamw, L2 loss for adam).")
     label_smoothing: float = _opt(0.0, "Label smoothing for the cross-entropy.")
     precision: str = _opt("auto", f"{'|'.join(PRECISIONS)}; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on "
-                                  "CPUs with AVX512_BF16/AMX, else fp32.")
-    xla: bool = _opt(True, "XLA-compile the train step (turned off, with the reason printed, where it cannot work: "
-                           "several CPU replicas, --deterministic); --noxla skips the compile.")
+                                  "CPUs with AMX (oneDNN on), else fp32.")
+    xla: str = _opt("auto", "auto|on|off: XLA-compile the train step; auto: on for GPUs and CPUs, off on CPUs with "
+                            "AMX where oneDNN's own kernels are faster. Off, with the reason printed, where it cannot "
+                            "work (several CPU replicas, --deterministic).")
+    steps_per_loop: int = _opt(0, "Train steps per call into TensorFlow, with no host sync between them (never past "
+                                  "a progress line, checkpoint or epoch end); 0: 1 on CPUs, as many as that allows on GPUs.")
     distribution: str = _opt("auto", f"{'|'.join(DISTRIBUTIONS)}; auto: multi_worker when TF_CONFIG lists several "
                                      "workers, mirrored over all GPUs (or CPU replicas), else one device.")
+    intra_op_threads: int = _opt(0, "Threads of TensorFlow's op pool; 0: TensorFlow's choice, or the cores of the "
+                                    "container's CPU quota when there is one.")
+    inter_op_threads: int = _opt(0, "Ops TensorFlow runs side by side; 0: TensorFlow's choice (at most 2 under a CPU quota).")
     cpu_replicas: int = _opt(1, "Split the CPU into N logical devices (the multi-replica path without a GPU).")
     cluster_timeout: int = _opt(900, "Multi-worker (TF_CONFIG): seconds to wait at start-up for every worker to join "
                                      "before giving up (exit code 1, 'Timeout' on stderr); 0 waits forever. A worker "
@@ -99,6 +106,11 @@ class ExportConfig:
     parity_atol: float = _opt(1e-4, "Largest allowed absolute difference of probabilities between formats.")
     onnx_fp16: bool = _opt(False, "Also write a float16 ONNX model.")
     onnx_int8: bool = _opt(False, "Also write an int8 (static quantization) ONNX model.")
+    tflite: bool = _opt(False, "Also write model.tflite (float32, converted from the SavedModel), gated in the LiteRT interpreter.")
+    tflite_int8: bool = _opt(False, "Also write model_int8.tflite (int8, calibrated on the ONNX int8 calibration images).")
+    triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
+                                "dir, e.g. triton; empty: none.")
+    triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +152,8 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
             raise ConfigError(f"--{flag}: {msg}")
 
     need(t.precision in PRECISIONS, "precision", f"unknown precision {t.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    need(t.xla in XLA_MODES, "xla", f"must be one of {', '.join(XLA_MODES)}, got {t.xla!r}")
+    need(t.steps_per_loop >= 0, "steps_per_loop", f"must be zero (auto) or positive, got {t.steps_per_loop}")
     need(t.distribution in DISTRIBUTIONS, "distribution", f"unknown distribution {t.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
     need(t.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     need(m.depth in DEPTHS, "depth", f"unsupported depth {m.depth}; choose one of {DEPTHS}")
@@ -152,6 +166,8 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(t.weight_decay >= 0, "weight_decay", f"must be zero or positive, got {t.weight_decay}")
     need(0 <= t.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
     need(0 <= t.momentum < 1, "momentum", f"must be in [0, 1), got {t.momentum}")
+    need(t.intra_op_threads >= 0, "intra_op_threads", f"must be zero (auto) or positive, got {t.intra_op_threads}")
+    need(t.inter_op_threads >= 0, "inter_op_threads", f"must be zero (auto) or positive, got {t.inter_op_threads}")
     need(t.cpu_replicas >= 1, "cpu_replicas", f"must be at least 1, got {t.cpu_replicas}")
     need(t.cluster_timeout >= 0, "cluster_timeout", f"must be zero (wait forever) or positive, got {t.cluster_timeout}")
     need(t.log_every >= 1, "log_every", f"must be at least 1, got {t.log_every}")
@@ -188,6 +204,15 @@ def validate_export(config: ExportConfig) -> None:
     # 0 would demand bit-identical formats, which float32 kernels of different libraries never are
     need(isinstance(config.parity_atol, (int, float)) and 0 < config.parity_atol < math.inf,
          "parity_atol", f"must be positive and finite, got {config.parity_atol}")
+    # the repository lives inside the export (placed with it atomically), never over another artifact
+    taken = (".", "..", "saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
+             "labels.txt", "parity.json", "export.json", "MODEL_CARD.md")
+    repo = config.triton_repo
+    need(isinstance(repo, str) and (not repo or (not os.path.isabs(repo) and ".." not in repo.split("/")
+                                                 and os.path.normpath(repo).split(os.sep)[0] not in taken)),
+         "triton_repo", f"must be a new relative path inside the export dir (e.g. triton), got {repo!r}")
+    need(isinstance(config.triton_max_batch_size, int) and config.triton_max_batch_size >= 1,
+         "triton_max_batch_size", f"must be at least 1, got {config.triton_max_batch_size}")
     if config.export_dir:
         blocker = _file_in_the_way(config.export_dir)
         need(blocker is None, "export_dir", f"{blocker} exists and is not a directory")

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from toolkit import machine
+
 PRECISION_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
 
@@ -28,7 +30,10 @@ class Runtime:
     distribution: str  # resolved: mirrored | multi_worker | one_device
     precision: str  # resolved: fp32 | fp16 | bf16
     xla: bool
-    xla_note: str  # why XLA is off when it was asked for; "" otherwise
+    xla_note: str  # why XLA is on or off
+    precision_note: str  # why this precision
+    steps_per_loop: int  # train steps per call into TensorFlow (fewer at a log or checkpoint boundary)
+    threads: dict  # TensorFlow's thread pools: intra_op, inter_op (0: TensorFlow's default), usable_cores
     num_workers: int
     worker_index: int
     is_chief: bool
@@ -87,17 +92,24 @@ def setup_devices(cpu_replicas: int = 1, gpu_memory_growth: bool = True) -> None
                 ) from e
 
 
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with AVX512_BF16 or AMX-BF16 (where bf16 matmuls run natively)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+def configure_threads(intra_op: int = 0, inter_op: int = 0) -> dict:
+    """Size TensorFlow's thread pools; 0 keeps TensorFlow's own choice except under a CPU quota.
+
+    TensorFlow sizes both pools from the CPUs the process may be scheduled on (its affinity), which
+    ignores a container's CPU quota (docker --cpus, Kubernetes limits): on a 64-core host limited
+    to 4 CPUs it would run 64 threads. Under a quota, auto uses the quota's cores for the op
+    pool and at most 2 threads between ops. Must run before TensorFlow's runtime starts.
+    Returns {"intra_op", "inter_op", "usable_cores"} as they will be in effect (0: TensorFlow's default).
+    """
+    cores = machine.usable_cores()
+    quota_limited = cores < machine.schedulable_cores()
+    intra = intra_op or (cores if quota_limited else 0)
+    inter = inter_op or (min(2, cores) if quota_limited else 0)
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return {"intra_op": intra, "inter_op": inter, "usable_cores": cores}
 
 
 def gpu_compute_capabilities() -> list:
@@ -108,14 +120,32 @@ def gpu_compute_capabilities() -> list:
     return caps
 
 
-def resolve_precision(precision: str) -> str:
-    """auto -> fp16 on GPUs of compute capability >= 7.0, bf16 on a CPU with bf16 units, else fp32."""
+# Which path trains fastest on a CPU, measured per CPU class (BENCHMARKS.md, ResNet50V2, batch 16):
+#   Xeon with AMX, oneDNN on:  bf16 without XLA (10.98 img/s at 224 px; XLA 5.27; fp32 8.30)
+#   EPYC Zen 4 (AVX512_BF16, no AMX), oneDNN on:  fp32 with XLA (24.1 img/s at 96 px; bf16 19.8;
+#       bf16 with XLA 21.3; fp32 13.7)
+#   EPYC Zen 3 (AVX2), oneDNN off:  fp32 with XLA (1.67x without)
+# XLA's CPU code does not use oneDNN's AMX kernels, so only AMX favours oneDNN's own bf16 path.
+AMX_FEATURES = ("amx_bf16",)
+
+
+def _amx_with_onednn() -> bool:
+    return machine.onednn_enabled() and machine.has_cpu_feature(*AMX_FEATURES)
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """(precision, why) for --precision; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on
+    CPUs with AMX (oneDNN on), else fp32 (with XLA, the fastest path measured on other CPUs)."""
     if precision != "auto":
-        return precision
+        return precision, f"--precision={precision}"
     caps = gpu_compute_capabilities()
     if caps:
-        return "fp16" if min(caps) >= (7, 0) else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+        if min(caps) >= (7, 0):
+            return "fp16", "auto: GPUs with tensor cores"
+        return "fp32", "auto: GPUs older than compute capability 7.0"
+    if _amx_with_onednn():
+        return "bf16", "auto: oneDNN's AMX kernels run bf16 faster than anything else on this CPU"
+    return "fp32", "auto: fp32 with XLA beat bf16 on CPUs without AMX"
 
 
 def set_precision_policy(precision: str) -> None:
@@ -210,39 +240,50 @@ def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distr
     raise ValueError(f"--distribution: unknown value {distribution!r}")
 
 
-def xla_decision(asked: bool, strategy: tf.distribute.Strategy, device_kind: str,
+GPU_STEPS_PER_LOOP = 1000  # in practice bounded by --log_every and --checkpoint_every
+
+
+def xla_decision(mode: str, strategy: tf.distribute.Strategy, device_kind: str,
                  deterministic: bool = False) -> tuple[bool, str]:
-    """Whether to jit-compile the train step, and the reason when an asked-for XLA is turned off."""
-    if not asked:
-        return False, ""
+    """(whether to XLA-compile the train step, why) for --xla auto|on|off on this device."""
+    if mode == "off":
+        return False, "--xla=off"
     if deterministic:
         # enable_op_determinism makes XLA refuse the step ("GPU MaxPool gradient ops do not yet
         # have a deterministic XLA implementation"), on a CPU too
-        return False, ("XLA turned off: --deterministic needs TensorFlow's op determinism, which XLA does not "
-                       "provide (no deterministic MaxPool gradient)")
+        return False, "--deterministic needs op determinism, which XLA does not provide (MaxPool gradient)"
     if device_kind == "CPU" and strategy.num_replicas_in_sync > 1:
-        return False, (
-            "XLA turned off: several CPU replicas cannot share an XLA-compiled step "
-            "(resources on CPU:1 are not reachable from CPU:0)"
-        )
-    return True, ""
+        return False, "several CPU replicas cannot share an XLA-compiled step (CPU:1's resources from CPU:0)"
+    if mode == "on":
+        return True, "--xla=on"
+    if device_kind == "GPU":
+        return True, "auto: GPU"
+    if _amx_with_onednn():
+        return False, "auto: XLA's CPU code does not use oneDNN's AMX kernels (2x slower with XLA); --xla=on forces it"
+    return True, "auto: a CPU without AMX, where the XLA-compiled step is the fastest measured (1.7x)"
 
 
 def make_runtime(
     distribution: str = "auto",
     precision: str = "auto",
-    xla: bool = True,
+    xla: str = "auto",
     cpu_replicas: int = 1,
     cluster_timeout: int = 0,
     deterministic: bool = False,
+    steps_per_loop: int = 0,
+    threads: tuple = (0, 0),
 ) -> Runtime:
-    """Devices, strategy, precision policy and XLA decided once, in that order."""
+    """Threads, devices, strategy, precision policy, XLA and steps per loop decided once, in that order."""
+    thread_counts = configure_threads(*threads)
     setup_devices(cpu_replicas)
     strategy, resolved = make_strategy(distribution, cluster_timeout)
-    resolved_precision = resolve_precision(precision)
+    resolved_precision, precision_note = resolve_precision(precision)
     set_precision_policy(resolved_precision)
     device_kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     use_xla, note = xla_decision(xla, strategy, device_kind, deterministic)
+    # a CPU step takes long enough that one host sync per step costs nothing measurable; a GPU
+    # step does not, so GPUs run up to the next progress line (log_every) per call
+    loop_steps = steps_per_loop or (1 if device_kind == "CPU" else GPU_STEPS_PER_LOOP)
     num_workers, worker_index, is_chief = tf_config_cluster() if resolved == "multi_worker" else (1, 0, True)
     if resolved == "multi_worker":
         resolver = strategy.cluster_resolver
@@ -254,6 +295,9 @@ def make_runtime(
         precision=resolved_precision,
         xla=use_xla,
         xla_note=note,
+        precision_note=precision_note,
+        steps_per_loop=loop_steps,
+        threads=thread_counts,
         num_workers=num_workers,
         worker_index=worker_index,
         is_chief=is_chief,

@@ -9,6 +9,7 @@ differently under oneDNN), so a number without them cannot be compared with anot
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 
@@ -48,6 +49,36 @@ def cpu_features() -> list:
 def has_cpu_feature(*names: str) -> bool:
     """True when the CPU has any of these /proc/cpuinfo flags."""
     return bool(_cpuinfo()[1] & set(names))
+
+
+def cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup allows this process per period (a container's --cpus), or None."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            with open(quota_file) as f:
+                fields = f.read().split()
+            if period_file:
+                with open(period_file) as f:
+                    fields = fields[:1] + f.read().split()[:1]
+        except OSError:
+            continue
+        if len(fields) >= 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
+            return int(fields[0]) / int(fields[1])
+        return None
+    return None
+
+
+def schedulable_cores() -> int:
+    """The CPUs this process may be scheduled on (its affinity): what TensorFlow sizes its pools by."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
+    cores = schedulable_cores()
+    quota = cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
 
 
 def onednn_enabled() -> bool:
@@ -102,7 +133,7 @@ def describe() -> dict:
         "cpu": cpu_name(),
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "onednn": "on" if onednn_enabled() else "off",
         "gpus": gpus(),
         "tensorflow": tf.__version__,

@@ -23,8 +23,10 @@ class Speedometer:
     def start_step(self):
         self._t0 = time.perf_counter()
 
-    def end_step(self):
-        self.durations.append(time.perf_counter() - self._t0)
+    def end_step(self, steps: int = 1):
+        """The call since start_step ran `steps` steps (each gets an equal share of its time)."""
+        elapsed = time.perf_counter() - self._t0
+        self.durations.extend([elapsed / steps] * steps)
 
     def interval_rate(self) -> float:
         """Rate over the steps since the previous call (compilation included: it is what happened)."""

@@ -96,10 +96,10 @@ def _runtime(config: Config) -> distribute.Runtime:
     if workers > 1 and t.distribution in ("auto", "multi_worker"):
         limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
         log(f"worker {worker_index} of {workers} (TF_CONFIG): waiting for every worker to join ({limit})")
-    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout, d.deterministic)
+    rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout, d.deterministic,
+                                 t.steps_per_loop, (t.intra_op_threads, t.inter_op_threads))
     validate(config, num_replicas=rt.num_replicas)
-    if rt.xla_note:
-        log(rt.xla_note)
+    log(f"precision {rt.precision} ({rt.precision_note}); XLA {'on' if rt.xla else 'off'} ({rt.xla_note})")
     seed_everything(d.seed, d.deterministic)
     return rt
 
@@ -165,6 +165,8 @@ def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: 
         "distribution": rt.distribution,
         "replicas": rt.num_replicas,
         "xla": rt.xla,
+        "steps_per_loop": rt.steps_per_loop,
+        "threads": rt.threads,
         "config": config.to_dict(),
         "machine": machine.describe(),
     }

@@ -42,7 +42,7 @@ def main(argv):
         error(str(e))
         sys.exit(3)
     except RuntimeError as e:
-        from toolkit.export import ParityError
+        from toolkit.exporting import ParityError
 
         if not isinstance(e, ParityError):
             raise

@@ -59,18 +59,21 @@ def fit(session: Session) -> dict:
     try:
         for epoch in range(step // s.steps_per_epoch, t.epochs):
             s.checkpointer.epoch.assign(epoch)
-            while step < (epoch + 1) * s.steps_per_epoch:
+            epoch_end = (epoch + 1) * s.steps_per_epoch
+            while step < epoch_end:
+                n = _steps_until_the_host_is_needed(step, epoch_end, t, s.runtime.steps_per_loop)
                 speed.start_step()
-                out = s.trainer.train_step(next(iterator))
-                loss, correct = float(out["loss"]), float(out["correct"])
-                speed.end_step()
-                step += 1
+                out = s.trainer.train_steps(iterator, n)
+                losses, hits = out["loss"].numpy(), out["correct"].numpy()
+                speed.end_step(n)
+                _stop_if_diverged(s, losses, step, epoch)
+                for loss, hit in zip(losses, hits):
+                    progress.add(float(loss), float(hit))
+                step += n
                 s.checkpointer.step.assign(step)
-                _stop_if_diverged(s, loss, step, epoch)
-                progress.add(loss, correct)
                 if step % t.log_every == 0 or step == s.total_steps:
                     progress.report(step, epoch, _learning_rate(s.optimizer))
-                if step % t.checkpoint_every == 0 and step % s.steps_per_epoch != 0:
+                if step % t.checkpoint_every == 0 and step != epoch_end:
                     s.trainer.sync_batchnorm_statistics()
                     s.checkpointer.save()
             s.trainer.sync_batchnorm_statistics()  # every replica evaluates, and the chief saves, the same statistics
@@ -88,11 +91,20 @@ def fit(session: Session) -> dict:
     return {"evaluations": evaluations, "last": last, "steps": step, "images_per_sec": speed.rate()}
 
 
-def _stop_if_diverged(s: Session, loss: float, step: int, epoch: int) -> None:
-    if not np.isfinite(loss):
+def _steps_until_the_host_is_needed(step: int, epoch_end: int, t, steps_per_loop: int) -> int:
+    """How many steps the next call may run on the device: at most steps_per_loop, and never past
+    the end of the epoch, the next progress line or the next checkpoint (the cadences stay exact)."""
+    return min(steps_per_loop, epoch_end - step, t.log_every - step % t.log_every,
+               t.checkpoint_every - step % t.checkpoint_every)
+
+
+def _stop_if_diverged(s: Session, losses: np.ndarray, step: int, epoch: int) -> None:
+    """Raise TrainingDiverged naming the first step (after `step`) whose loss is not finite."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
         raise TrainingDiverged(
-            f"loss became {loss} at step {step} (epoch {epoch + 1}); last checkpoint: {s.checkpointer.latest}. "
-            "Lower --learning_rate, raise --warmup_epochs or check the data"
+            f"loss became {losses[bad[0]]} at step {step + bad[0] + 1} (epoch {epoch + 1}); last checkpoint: "
+            f"{s.checkpointer.latest}. Lower --learning_rate, raise --warmup_epochs or check the data"
         )
 
 
@@ -150,6 +162,8 @@ def finish(session: Session, history: dict) -> dict:
         "data_dir": s.data.data_dir,
         "model_dir": s.model_dir,
         "history": history["evaluations"],
+        "steps_per_loop": rt.steps_per_loop,
+        "threads": rt.threads,
         "machine": s.facts["machine"],
     }
     if rt.is_chief:
@@ -179,7 +193,7 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
 
 def _export(model_dir: str, config: Config, summary: dict) -> None:
     """Export with the parity gate; the summary records the outcome either way."""
-    from toolkit import export as export_lib
+    from toolkit import exporting as export_lib
 
     log("exporting SavedModel and ONNX, then checking that they agree (--noexport skips this)")
     try:

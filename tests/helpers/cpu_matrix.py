@@ -7,6 +7,8 @@ here runs on both kinds of CPU kernels whatever CPU the suite lands on. It print
   device: losses of a few steps on a fixed batch, and the compute dtype of the stem.
 - `empty_replica`: evaluation over two replicas of a set whose last batch leaves replica 1 with
   nothing, beside the same evaluation on one device.
+- `steps_per_loop`: three steps in one device-side loop against three single steps, on one
+  device and on two replicas.
 - `run`: toolkit.training.run end to end on two CPU replicas in bf16 (train, evaluate with a
   partial last batch, summary, export with the parity gate).
 - `infer`: batch inference over the validation shards with the exported ONNX model and the
@@ -82,6 +84,44 @@ def empty_replica_evaluation():
     return out
 
 
+def steps_per_loop_equivalence():
+    """Three steps in one `train_steps` call against three `train_step` calls on the same batches,
+    from the same weights, on one device and on two replicas."""
+    images, labels = fixed_batch(n=24)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    config = TrainConfig(optimizer="sgd", learning_rate=0.05, momentum=0.9, warmup_epochs=0, epochs=1, weight_decay=0)
+    strategies = {"one": tf.distribute.OneDeviceStrategy("/cpu:0"),
+                  "two": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                                        cross_device_ops=tf.distribute.ReductionToOneDevice())}
+    out = {}
+    for name, strategy in strategies.items():
+        keras.utils.set_random_seed(2)
+        runs, initial = {}, None
+        for mode in ("loop", "single"):
+            with strategy.scope():
+                model = resnet_v2.build_model(4, 32)
+                if initial is None:
+                    initial = model.get_weights()
+                model.set_weights(initial)
+                optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision="fp32")
+                loop.build_optimizer_state(optimizer, model)
+            trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4)
+            batches = iter(strategy.experimental_distribute_dataset(ds))
+            if mode == "loop":
+                losses = [float(x) for x in trainer.train_steps(batches, 3)["loss"].numpy()]
+            else:
+                losses = [float(trainer.train_step(next(batches))["loss"]) for _ in range(3)]
+            runs[mode] = (losses, model.get_weights())
+        (loop_losses, loop_weights), (single_losses, single_weights) = runs["loop"], runs["single"]
+        out[name] = {
+            "losses_loop": loop_losses,
+            "losses_single": single_losses,
+            "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(loop_weights, single_weights)),
+            "weights_moved": max(float(np.max(np.abs(a - b))) for a, b in zip(loop_weights, initial)),
+        }
+    return out
+
+
 def end_to_end(base):
     from toolkit.data import sources
 
@@ -90,7 +130,8 @@ def end_to_end(base):
     config = Config(
         data=DataConfig(data_dir=data, image_size=32, batch_size=8, seed=5),
         train=TrainConfig(model_dir=os.path.join(base, "run"), epochs=1, steps_per_epoch=2, optimizer="sgd",
-                          learning_rate=0.01, warmup_epochs=0, precision="bf16", cpu_replicas=2, log_every=1),
+                          learning_rate=0.01, warmup_epochs=0, precision="bf16", cpu_replicas=2, log_every=2,
+                          steps_per_loop=2),
         export=ExportConfig(parity_images=0),
     )
     summary = training.run(config)
@@ -122,6 +163,7 @@ def main():
     result = {"onednn": machine.onednn_enabled()}
     result["loop"] = {f"{p}-{'xla' if x else 'graph'}": train_steps(p, x) for p in POLICIES for x in (False, True)}
     result["empty_replica"] = empty_replica_evaluation()
+    result["steps_per_loop"] = steps_per_loop_equivalence()
     with tempfile.TemporaryDirectory() as base:
         data, result["run"] = end_to_end(base)
         export = result["run"]["export"] or {}
