@@ -24,6 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ({"parity_atol": float("nan")}, "--parity_atol", "nan"),
         ({"parity_atol": float("inf")}, "--parity_atol", "finite"),
         ({"onnx_layout": "chwn"}, "--onnx_layout", "nhwc, nchw"),
+        ({"triton_repo": "/srv/triton"}, "--triton_repo", "relative path inside the export dir"),
+        ({"triton_repo": "../triton"}, "--triton_repo", "'../triton'"),
+        ({"triton_repo": "a/../../b"}, "--triton_repo", "relative"),
+        ({"triton_repo": "saved_model"}, "--triton_repo", "new relative path"),
+        ({"triton_repo": "model.onnx/x"}, "--triton_repo", "'model.onnx/x'"),
+        ({"triton_repo": "."}, "--triton_repo", "new"),
+        ({"triton_max_batch_size": 0}, "--triton_max_batch_size", "at least 1, got 0"),
     ],
 )
 def test_bad_values_raise_a_config_error_naming_the_flag(values, flag, words):
@@ -45,6 +52,8 @@ def test_an_export_dir_that_is_or_lies_under_a_file_is_refused(tmp_path):
 
 def test_the_defaults_and_the_edges_of_the_range_pass():
     config.validate_export(ExportConfig())
+    for repo in ("triton", "deploy/triton", "models.triton"):
+        config.validate_export(ExportConfig(triton_repo=repo, triton_max_batch_size=1, tflite=True, tflite_int8=True))
     for opset in (config.MIN_OPSET, config.MAX_OPSET):
         config.validate_export(ExportConfig(opset=opset, onnx_layout="nchw", parity_images=0, parity_atol=1e-6))
 

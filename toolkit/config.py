@@ -111,6 +111,11 @@ class ExportConfig:
     triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
                                 "dir, e.g. triton; empty: none.")
     triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
+    tflite: bool = _opt(False, "Also write model.tflite (float32, converted from the SavedModel), gated in the LiteRT interpreter.")
+    tflite_int8: bool = _opt(False, "Also write model_int8.tflite (int8, calibrated on the ONNX int8 calibration images).")
+    triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
+                                "dir, e.g. triton; empty: none.")
+    triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +209,15 @@ def validate_export(config: ExportConfig) -> None:
     # 0 would demand bit-identical formats, which float32 kernels of different libraries never are
     need(isinstance(config.parity_atol, (int, float)) and 0 < config.parity_atol < math.inf,
          "parity_atol", f"must be positive and finite, got {config.parity_atol}")
+    # the repository lives inside the export (placed with it atomically), never over another artifact
+    taken = (".", "..", "saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
+             "labels.txt", "parity.json", "export.json", "MODEL_CARD.md")
+    repo = config.triton_repo
+    need(isinstance(repo, str) and (not repo or (not os.path.isabs(repo) and ".." not in repo.split("/")
+                                                 and os.path.normpath(repo).split(os.sep)[0] not in taken)),
+         "triton_repo", f"must be a new relative path inside the export dir (e.g. triton), got {repo!r}")
+    need(isinstance(config.triton_max_batch_size, int) and config.triton_max_batch_size >= 1,
+         "triton_max_batch_size", f"must be at least 1, got {config.triton_max_batch_size}")
     # the repository lives inside the export (placed with it atomically), never over another artifact
     taken = (".", "..", "saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
              "labels.txt", "parity.json", "export.json", "MODEL_CARD.md")
