@@ -1,111 +1,104 @@
-"""The `train` benchmark section: training images/s of the toolkit's loop against Keras model.fit.
+"""The `train` benchmark section: is the toolkit's default the fastest way to train on this device?
 
-Every variant runs in its own subprocess (a dtype policy and XLA are process-wide) and is fed from
-disk the way it would be in real use, so the figures are end to end (input pipeline + step):
+Training images/s of ResNet50V2, end to end from disk, each variant in its own process
+(scripts/bench_train_variant.py), one after another in one run:
 
-  toolkit_fp32, toolkit_bf16, toolkit_fp16 (+ _xla): toolkit.loop.Trainer under a OneDevice strategy,
-      fed by toolkit.data.pipeline.make_train_dataset from the TFRecord shards in --data_dir
-  keras_fit: keras.applications.ResNet50V2(weights=None) compiled with Adam and
-      sparse_categorical_crossentropy, model.fit fed by keras.utils.image_dataset_from_directory on
-      the photo folder behind the shards (--folder), the way our users' notebooks do it
+  notebook              keras.applications.ResNet50V2 + model.fit, fp32, Keras' default compile,
+                        fed by image_dataset_from_directory: the way our users came
+  keras_fit_P[_jit]     the same at the toolkit default's precision P, jit_compile off and on: the
+                        faster is keras_best, the baseline that counts
+  toolkit_P[_xla]       the toolkit's loop, fed from the shards; the toolkit default is what
+                        `python -m toolkit.train` picks here without flags
+                        (distribute.resolve_precision("auto"), distribute.xla_decision("auto", ...)),
+                        the alternatives the other precisions this device computes natively, XLA
+                        off and on. A precision it would only emulate is skipped, with the reason.
 
-Neither input is cached. Run one variant by hand:
-  python scripts/bench_train.py --variant toolkit_fp32 --data_dir SHARDS --folder PHOTOS/train --image_size 224
+The JSON (`train`): notebook_images_per_sec, keras_best_images_per_sec / keras_best_variant,
+toolkit_default_images_per_sec / toolkit_default_variant (and why it is the default), the ratios
+toolkit_default_vs_notebook and toolkit_default_vs_keras_best, goals (issue 13: >= 2x the notebook,
+>= 1.15x keras_best; met or not, with the measured ratio), variants (each figure with its CPU ms
+per image, settings, achieved GFLOP/s and share of peak), skipped, and peak: per precision the
+device's peak GFLOP/s with the assumptions it was computed from (scripts/bench_peak.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = ("toolkit_fp32", "toolkit_fp32_xla", "toolkit_bf16", "toolkit_bf16_xla", "toolkit_fp16", "toolkit_fp16_xla", "keras_fit")
+import bench_peak  # noqa: E402
+from bench_train_variant import PRECISIONS, parse_variant, run_variant_subprocess, variant_name  # noqa: E402
+
+GOALS = {"vs_notebook": 2.0, "vs_keras_best": 1.15}  # issue 13, item 5: the toolkit default against each baseline
+def native_precision(precision: str, device_kind: str, gpu_capabilities=(), has_feature=None, onednn=None) -> str:
+    """"" when this device computes `precision` in hardware, else why it would be emulated (a skip reason)."""
+    from toolkit import machine
+
+    has_feature = has_feature or machine.has_cpu_feature
+    onednn = machine.onednn_enabled() if onednn is None else onednn
+    if precision == "fp32":
+        return ""
+    if device_kind == "GPU":
+        need = (7, 0) if precision == "fp16" else (8, 0)
+        if gpu_capabilities and min(gpu_capabilities) >= need:
+            return ""
+        return f"{precision} needs compute capability {need[0]}.{need[1]} (tensor cores for it); these GPUs have less"
+    units = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("amx_fp16", "avx512_fp16")}[precision]
+    if not has_feature(*units):
+        return f"emulated: this CPU has no {precision} arithmetic ({' or '.join(units)})"
+    if not onednn:
+        return f"emulated: oneDNN is off, and only oneDNN's kernels use the CPU's {precision} units"
+    return ""
 
 
-def _time_steps(step, warmup: int, steps: int) -> float:
-    """Seconds for `steps` calls after `warmup` calls. A progress line after each timed step lets
-    the parent compute a rate from the steps done when a slow variant runs out of time."""
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for done in range(1, steps + 1):
-        step()
-        print(json.dumps({"timed_steps": done, "seconds": time.perf_counter() - start}), flush=True)
-    return time.perf_counter() - start
-
-
-def measure_toolkit(precision: str, xla: bool, data_dir: str, batch: int, size: int, warmup: int, steps: int) -> float:
+def toolkit_default() -> dict:
+    """What `python -m toolkit.train` picks here without flags: precision, XLA, the reasons, the device kind."""
     import tensorflow as tf
 
-    from toolkit import distribute, loop
-    from toolkit.config import DataConfig, TrainConfig
-    from toolkit.data import pipeline, shards
-    from toolkit.models import resnet_v2
+    from toolkit import distribute
 
-    info = shards.read_dataset_info(data_dir)
-    distribute.set_precision_policy(precision)
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0" if not tf.config.list_logical_devices("GPU") else "/gpu:0")
-    config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1)
-    with strategy.scope():
-        model = resnet_v2.build_model(info.num_classes, size)
-        optimizer = loop.make_optimizer(config, steps_per_epoch=1000, precision=precision)
-        loop.build_optimizer_state(optimizer, model)
-    trainer = loop.Trainer(model, optimizer, strategy, batch, info.num_classes, xla=xla)
-    data = DataConfig(data_dir=data_dir, image_size=size, batch_size=batch, cache=False)
-    per_epoch = max(1, (info.counts.get("train") or batch) // batch)
-    ds = pipeline.make_train_dataset(data, info.split_files("train"), steps_per_epoch=per_epoch)
-    it = iter(strategy.experimental_distribute_dataset(ds))
-    seconds = _time_steps(lambda: trainer.train_step(next(it))["loss"].numpy(), warmup, steps)
-    return batch * steps / seconds
+    device_kind = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    precision, precision_why = distribute.resolve_precision("auto")
+    xla, xla_why = distribute.xla_decision("auto", tf.distribute.get_strategy(), device_kind)
+    caps = distribute.gpu_compute_capabilities() if device_kind == "GPU" else []
+    return {"variant": variant_name("toolkit", precision, xla), "precision": precision, "xla": xla,
+            "precision_why": precision_why, "xla_why": xla_why, "device_kind": device_kind, "gpu_capabilities": caps}
 
 
-def measure_keras_fit(folder: str, batch: int, size: int, warmup: int, steps: int) -> float:
-    import keras
-    import tensorflow as tf
-
-    ds = keras.utils.image_dataset_from_directory(folder, image_size=(size, size), batch_size=batch, shuffle=True, seed=0, verbose=False)
-    classes = len(ds.class_names)
-    ds = ds.map(lambda x, y: (x / 127.5 - 1.0, y), num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(tf.data.AUTOTUNE)
-    model = keras.applications.ResNet50V2(weights=None, input_shape=(size, size, 3), classes=classes)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return batch * steps / (time.perf_counter() - start)
+@dataclasses.dataclass
+class Plan:
+    variants: list  # of Variant, in the order they run
+    default: str  # the toolkit default's name
+    keras: list  # keras fit at the default's precision (the baseline that counts is the best of these)
+    skipped: dict  # name -> why it was not run
 
 
-def measure(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int) -> float:
-    if variant == "keras_fit":
-        return measure_keras_fit(folder, batch, size, warmup, steps)
-    _, precision, *rest = variant.split("_")
-    return measure_toolkit(precision, bool(rest), data_dir, batch, size, warmup, steps)
-
-
-def run_variant_subprocess(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int,
-                           timeout: float | None = None) -> dict:
-    """Run one variant in a fresh interpreter; returns {"images_per_sec": ...} or {"error": ...}."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--data_dir", data_dir, "--folder", folder,
-           "--batch_size", str(batch), "--image_size", str(size), "--warmup", str(warmup), "--steps", str(steps)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        progress = [json.loads(line) for line in out.splitlines() if line.startswith('{"timed_steps"')]
-        if not progress:
-            return {"error": f"did not finish {warmup} warm-up + 1 timed step in {timeout:.0f} s"}
-        last = progress[-1]
-        return {"images_per_sec": batch * last["timed_steps"] / last["seconds"],
-                "partial": f"{last['timed_steps']} of {steps} timed steps within the {timeout:.0f} s limit"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"variant"')]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
+def make_plan(default: dict, quick: bool = False, native=None) -> Plan:
+    """The notebook, keras fit at the default's precision (jit off and on), the toolkit default, and
+    the toolkit alternatives this device runs natively. --quick keeps the first of each kind."""
+    native = native or (lambda p: native_precision(p, default["device_kind"], default["gpu_capabilities"]))
+    precision, name = default["precision"], default["variant"]
+    skipped = {}
+    keras = [variant_name("keras_fit", precision, False), variant_name("keras_fit", precision, True)]
+    if quick:
+        skipped[keras.pop()] = "--quick: a smoke test; the XLA compile alone would take most of its budget"
+    alternatives = []
+    for p in PRECISIONS:
+        for xla in (False, True):
+            other = variant_name("toolkit", p, xla)
+            if other == name:
+                continue
+            why = native(p) or ("--quick: only the toolkit default is run" if quick else "")
+            if why:
+                skipped[other] = why
+            else:
+                alternatives.append(other)
+    names = ["notebook", *keras, name, *alternatives]
+    return Plan([parse_variant(n) for n in names], name, keras, skipped)
 
 
 def count_flops(model) -> float:
@@ -129,19 +122,155 @@ def model_flops_per_image(size: int) -> float:
     return count_flops(resnet_v2.build_model(1000, size))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
-    parser.add_argument("--data_dir", required=True, help="TFRecord shards from toolkit.data.convert (toolkit variants)")
-    parser.add_argument("--folder", required=True, help="the photo folder with one subfolder per class (keras_fit)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
-    rate = measure(args.variant, args.data_dir, args.folder, args.batch_size, args.image_size, args.warmup, args.steps)
-    print(json.dumps({"variant": args.variant, "images_per_sec": rate}))
 
 
-if __name__ == "__main__":
-    main()
+# ---------------------------------------------------------------------------------- the section
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--train_variants", default="auto",
+                       help="auto: the plan above; or a comma-separated list of notebook, keras_fit_<fp32|bf16|fp16>[_jit], "
+                            "toolkit_<fp32|bf16|fp16>[_xla]")
+    group.add_argument("--train_image_size", type=int, default=224)
+    group.add_argument("--train_batch_size", type=int, default=16)
+    group.add_argument("--train_warmup", type=int, default=2, help="untimed steps (tracing, compilation)")
+    group.add_argument("--train_steps", type=int, default=6, help="timed steps per variant")
+    group.add_argument("--train_timeout", type=float, default=900.0,
+                       help="seconds before a variant is stopped (the rate of its finished timed steps is kept, marked partial)")
+    group.add_argument("--train_peak_gflops", type=float, default=0.0,
+                       help="the device's peak GFLOP/s, for every precision (a GPU's datasheet figure); 0: bench_peak's CPU model")
+
+
+def baseline_folder(manifest: dict) -> str:
+    """The photo folder behind the shards' training split, from the manifest."""
+    split_dirs = manifest.get("split_dirs") or {}
+    folder = split_dirs.get("train") or manifest.get("source", "")
+    if not folder or not os.path.isdir(folder):
+        raise SystemExit(f"benchmark: --baseline_dir: the manifest names no readable source folder ({folder!r}); pass --baseline_dir")
+    return folder
+
+
+def plan_from_arguments(args, default: dict) -> Plan:
+    if args.train_variants == "auto":
+        return make_plan(default, quick=getattr(args, "quick", False))
+    try:
+        chosen = [parse_variant(n.strip()) for n in args.train_variants.split(",") if n.strip()]
+    except ValueError as e:
+        raise SystemExit(f"benchmark: --train_variants: {e}")
+    keras = [v.name for v in chosen if v.kind == "keras_fit" and v.precision == default["precision"]]
+    return Plan(chosen, default["variant"], keras, {})
+
+
+def _same_run(v, measured: dict) -> str:
+    """The name of a variant already measured whose settings are v's ("" if none): keras fit at fp32
+    with the jit_compile that Keras' default resolved to for the notebook is the notebook run."""
+    notebook = (measured.get("notebook") or {}).get("settings") or {}
+    if v.kind == "keras_fit" and v.precision == "fp32" and notebook.get("jit_compile") == v.compiled:
+        return "notebook"
+    return ""
+
+
+def run(args) -> dict:
+    """The section: every planned variant in its own process, then the figures issue 13 asks for."""
+    from toolkit.data import shards
+
+    if not args.data_dir:
+        raise SystemExit("benchmark: --data_dir: required by the train section")
+    folder = args.baseline_dir or baseline_folder(shards.read_dataset_info(args.data_dir).manifest)
+    default = toolkit_default()
+    plan = plan_from_arguments(args, default)
+    size, batch = args.train_image_size, args.train_batch_size
+    forward = model_flops_per_image(size)
+    used = {v.precision for v in plan.variants}
+    peak = {p: bench_peak.device_peak(p, default["device_kind"], args.train_peak_gflops) for p in PRECISIONS if p in used}
+    variants = {}
+    for v in plan.variants:
+        same = _same_run(v, variants)
+        if same:
+            variants[v.name] = {**variants[same], "same_run_as": same}
+            continue
+        got = run_variant_subprocess(v.name, args.data_dir, folder, batch, size, args.train_warmup, args.train_steps, timeout=args.train_timeout)
+        got["precision"] = v.precision
+        if "images_per_sec" in got:
+            achieved = 3 * forward * got["images_per_sec"]  # forward + backward ~ 3x the forward FLOPs
+            gflops = peak[v.precision]["gflops"]
+            got.update(images_per_sec=round(got["images_per_sec"], 2), cpu_ms_per_image=round(got["cpu_ms_per_image"], 1),
+                       achieved_gflops=round(achieved / 1e9, 2), share_of_peak=round(achieved / (gflops * 1e9), 4) if gflops else None)
+        variants[v.name] = got
+    return {**summarize(variants, plan, default), "variants": variants, "skipped": plan.skipped, "peak": peak,
+            "image_size": size, "batch_size": batch, "warmup_steps": args.train_warmup, "timed_steps": args.train_steps,
+            "model_forward_flops_per_image": forward, "data_dir": os.path.abspath(args.data_dir), "baseline_dir": os.path.abspath(folder),
+            "data": "toolkit: make_train_dataset on the shards; notebook and keras_fit: image_dataset_from_directory on the photos; "
+                    "neither cached; Adam 1e-3 on both sides",
+            "flops": "2 per multiply-add of the convolutions and dense layers; a training step taken as 3x the forward pass",
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def summarize(variants: dict, plan: Plan, default: dict) -> dict:
+    """The headline figures: notebook, keras best, toolkit default, their ratios and the goals."""
+    def rate(name):
+        return (variants.get(name) or {}).get("images_per_sec")
+
+    notebook, toolkit = rate("notebook"), rate(plan.default)
+    keras = {n: rate(n) for n in plan.keras if rate(n)}
+    best = max(keras, key=keras.get) if keras else None
+    toolkits = {n: rate(n) for n in variants if n.startswith("toolkit_") and rate(n)}
+    fastest = max(toolkits, key=toolkits.get) if toolkits else None
+    out = {
+        "notebook_images_per_sec": notebook,
+        "keras_best_images_per_sec": keras.get(best),
+        "keras_best_variant": best,
+        "toolkit_default_variant": plan.default,
+        "toolkit_default_images_per_sec": toolkit,
+        "toolkit_default_why": f"precision {default['precision']} ({default['precision_why']}); "
+                               f"XLA {'on' if default['xla'] else 'off'} ({default['xla_why']})",
+        "toolkit_default_vs_notebook": _ratio(toolkit, notebook),
+        "toolkit_default_vs_keras_best": _ratio(toolkit, keras.get(best)),
+        "toolkit_default_share_of_peak": (variants.get(plan.default) or {}).get("share_of_peak"),
+        "toolkit_fastest_variant": fastest,
+        "device_kind": default["device_kind"],
+    }
+    out["goals"] = {}
+    for key, base in (("vs_notebook", "notebook"), ("vs_keras_best", "keras_best")):
+        target, ratio = GOALS[key], out[f"toolkit_default_{key}"]
+        out["goals"][f"toolkit_default_at_least_{target:g}x_{base}"] = {
+            "target": target, "ratio": ratio, "met": None if ratio is None else ratio >= target}
+    return out
+
+
+def _cell(value, suffix=""):
+    return "-" if value is None else f"{value}{suffix}"
+
+
+def _times(rate, base) -> str:
+    return f"{rate / base:.2f}x" if rate and base else "-"
+
+
+def table(r: dict) -> tuple:
+    """(header, rows, notes) of the printed table: every variant, what was skipped and why, the goals, the peaks."""
+    header = ("training (ResNet50V2)", "images/s", "vs notebook", "vs keras best", "CPU ms / image", "GFLOP/s", "share of peak")
+    notebook, best = r.get("notebook_images_per_sec"), r.get("keras_best_images_per_sec")
+    rows = []
+    for name, v in r.get("variants", {}).items():
+        marks = [m for m, on in (("toolkit default", name == r.get("toolkit_default_variant")),
+                                 ("keras best", name == r.get("keras_best_variant")),
+                                 (f"same run as {v.get('same_run_as')}", v.get("same_run_as")), (v.get("partial"), v.get("partial"))) if on]
+        label = name + (f" ({'; '.join(marks)})" if marks else "")
+        if "error" in v:
+            rows.append((label, "-", "-", "-", "-", "-", f"failed: {v['error']}"))
+            continue
+        rate, share = v["images_per_sec"], v.get("share_of_peak")
+        rows.append((label, rate, _times(rate, notebook), _times(rate, best), v.get("cpu_ms_per_image", "-"),
+                     v.get("achieved_gflops", "-"), "unknown" if share is None else f"{100 * share:.1f}%"))
+    rows += [(name, "-", "-", "-", "-", "-", f"skipped: {why}") for name, why in r.get("skipped", {}).items()]
+    notes = [f"toolkit default: {r.get('toolkit_default_variant')}: {r.get('toolkit_default_why')}"] if "toolkit_default_why" in r else []
+    for name, goal in r.get("goals", {}).items():
+        verdict = {True: "PASS", False: "FAIL", None: "NOT MEASURED"}[goal["met"]]
+        measured = "-" if goal["ratio"] is None else f"{goal['ratio']:.2f}x"
+        notes.append(f"goal {name.replace('_', ' ')}: {verdict} (measured {measured}, target {goal['target']:g}x)")
+    notes += [f"peak {p}: {_cell(v['gflops'], ' GFLOP/s')}; {v['assumptions']}" for p, v in r.get("peak", {}).items()]
+    return header, rows, notes

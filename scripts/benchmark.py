@@ -18,10 +18,11 @@ per image (process CPU seconds / images: the per-core cost, steadier than images
 machine) and the load average, so a reader can tell a quiet measurement from a busy one.
 
 train: training images/s of ResNet50V2, end to end from disk, each variant in its own process
-(scripts/bench_train.py): the toolkit loop at fp32, bf16 and fp16, XLA off and on, fed from the
-shards, against keras.applications.ResNet50V2 + model.fit fed by image_dataset_from_directory on
-the same photos. With the model's forward FLOPs per image (counted from its layers) it reports
-the achieved FLOP/s (training ~ 3x forward) and their share of the CPU's estimated peak.
+(scripts/bench_train.py): the notebook way (keras.applications.ResNet50V2 + model.fit, fp32,
+Keras' default compile, image_dataset_from_directory), keras fit at the toolkit default's
+precision with jit_compile off and on (the best is the baseline), the toolkit default and the
+alternatives this device computes natively (the rest skipped, with the reason); ratios, the goals
+of issue 13 as pass/fail lines, and each figure's share of an ISA-aware peak (scripts/bench_peak.py).
 
 inference: images/s of ONNX fp32 / int8, the SavedModel and Keras one image at a time
 (scripts/bench_inference.py).
@@ -54,7 +55,7 @@ class Section:
     description: str
     run: Callable[[argparse.Namespace], dict]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda group: None
-    table: Callable[[dict], tuple] = lambda results: ((), [])  # (header, rows) of the printed table
+    table: Callable[[dict], tuple] = lambda results: ((), [])  # (header, rows[, notes]) of the printed table
 
 
 SECTIONS: dict = {}
@@ -100,15 +101,6 @@ def _pipeline_arguments(group) -> None:
     group.add_argument("--warmup_batches", type=int, default=5)
 
 
-def baseline_folder(manifest: dict) -> str:
-    """The photo folder behind the shards' training split, from the manifest."""
-    split_dirs = manifest.get("split_dirs") or {}
-    folder = split_dirs.get("train") or manifest.get("source", "")
-    if not folder or not os.path.isdir(folder):
-        raise SystemExit(f"benchmark: --baseline_dir: the manifest names no readable source folder ({folder!r}); pass --baseline_dir")
-    return folder
-
-
 def run_pipeline(args: argparse.Namespace) -> dict:
     import keras
     import tensorflow as tf
@@ -123,7 +115,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     count = info.counts.get("train") or 0
     config = DataConfig(data_dir=args.data_dir, image_size=args.image_size, batch_size=args.batch_size, cache=False)
     steps = max(1, count // args.batch_size) if count else 100
-    folder = args.baseline_dir or baseline_folder(info.manifest)
+    folder = args.baseline_dir or bench_train.baseline_folder(info.manifest)
     size = args.image_size
 
     def toolkit_dataset():
@@ -177,89 +169,8 @@ register(Section("pipeline", "input pipeline images/s: toolkit shards vs image_d
 
 # -------------------------------------------------------------------------------------- train
 
-
-def _train_arguments(group) -> None:
-    group.add_argument("--train_variants", default=",".join(bench_train.VARIANTS),
-                       help="comma-separated, from: " + ", ".join(bench_train.VARIANTS))
-    group.add_argument("--train_image_size", type=int, default=224)
-    group.add_argument("--train_batch_size", type=int, default=16)
-    group.add_argument("--train_warmup", type=int, default=2, help="untimed steps (tracing, compilation)")
-    group.add_argument("--train_steps", type=int, default=6, help="timed steps per variant")
-    group.add_argument("--train_timeout", type=float, default=900.0, help="seconds before a variant is given up (reported as an error)")
-
-
-def peak_flops_estimate() -> float | None:
-    """cores x clock x fp32 FLOPs per cycle (2 FMA units: 32 with AVX2, 64 with AVX-512); None if unknown."""
-    if not machine.has_cpu_feature("fma"):
-        return None
-    try:  # the clock of every logical CPU (toolkit.machine records the model and flags, not the clock)
-        with open("/proc/cpuinfo") as f:
-            mhz = [float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")]
-    except OSError:
-        return None
-    if not mhz:
-        return None
-    per_cycle = 64 if machine.has_cpu_feature("avx512f") else 32
-    return len(mhz) * (sum(mhz) / len(mhz)) * 1e6 * per_cycle
-
-
-def run_train(args: argparse.Namespace) -> dict:
-    from toolkit.data import shards
-
-    variants = [v.strip() for v in args.train_variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in bench_train.VARIANTS]
-    if unknown:
-        raise SystemExit(f"benchmark: --train_variants: unknown {', '.join(unknown)}")
-    if not args.data_dir:
-        raise SystemExit("benchmark: --data_dir: required by the train section")
-    folder = args.baseline_dir or baseline_folder(shards.read_dataset_info(args.data_dir).manifest)
-    size, batch = args.train_image_size, args.train_batch_size
-    forward = bench_train.model_flops_per_image(size)
-    peak = peak_flops_estimate()
-    results = {"image_size": size, "batch_size": batch, "steps": args.train_steps,
-               "model_forward_flops_per_image": forward, "peak_flops_estimate": peak,
-               "data_dir": os.path.abspath(args.data_dir), "baseline_dir": os.path.abspath(folder),
-               "data": "toolkit: make_train_dataset on the shards; keras_fit: image_dataset_from_directory on the photos; neither cached"}
-    for variant in variants:
-        got = bench_train.run_variant_subprocess(variant, args.data_dir, folder, batch, size, args.train_warmup, args.train_steps,
-                                                 timeout=args.train_timeout)
-        if "error" in got:
-            results[f"{variant}_error"] = got["error"]
-            continue
-        rate = got["images_per_sec"]
-        results[f"{variant}_images_per_sec"] = round(rate, 2)
-        if "partial" in got:
-            results[f"{variant}_partial"] = got["partial"]
-        achieved = 3 * forward * rate  # forward + backward ~ 3x the forward FLOPs
-        results[f"{variant}_flops_per_sec"] = achieved
-        if peak:
-            results[f"{variant}_share_of_peak"] = round(achieved / peak, 4)
-    base = results.get("keras_fit_images_per_sec")
-    if base:
-        results.update({f"{v}_vs_keras_fit": round(results[f"{v}_images_per_sec"] / base, 2)
-                        for v in variants if v != "keras_fit" and f"{v}_images_per_sec" in results})
-    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return results
-
-
-def _train_table(r: dict) -> tuple:
-    header = ("training (ResNet50V2)", "images/s", "vs keras fit", "achieved GFLOP/s", "share of peak")
-    base = r.get("keras_fit_images_per_sec")
-    rows = []
-    for variant in bench_train.VARIANTS:
-        if f"{variant}_error" in r:
-            rows.append((variant, "-", "-", "-", r[f"{variant}_error"]))
-        elif f"{variant}_images_per_sec" in r:
-            rate = r[f"{variant}_images_per_sec"]
-            share = r.get(f"{variant}_share_of_peak")
-            partial = r.get(f"{variant}_partial")
-            rows.append((f"{variant} ({partial})" if partial else variant, rate, f"{rate / base:.2f}x" if base else "-", round(r[f"{variant}_flops_per_sec"] / 1e9, 1),
-                         f"{100 * share:.1f}%" if share is not None else "unknown"))
-    return header, rows
-
-
-register(Section("train", "training images/s: toolkit loop (fp32/bf16/fp16, XLA) vs keras model.fit", run_train,
-                 _train_arguments, _train_table))
+register(Section("train", "training images/s: the notebook way, keras fit at the default's precision, the toolkit's "
+                          "default and its alternatives", bench_train.run, bench_train.add_arguments, bench_train.table))
 
 # ---------------------------------------------------------------------------------- inference
 
@@ -283,18 +194,21 @@ def machine_line(m: dict) -> str:
 
 
 def report(results: dict) -> str:
-    """The results as markdown: the machine, then a table per section that has one."""
+    """The results as markdown: the machine, then a table per section that has one, with its notes."""
     parts = [machine_line(results["machine"]) + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
     for name, section in SECTIONS.items():
         if name in results:
-            header, rows = section.table(results[name])
+            header, rows, *notes = section.table(results[name])  # notes: lines printed under the table, if any
             if rows:
                 load = results[name].get("load_average")
-                parts.append(f"{name}" + (f" (load average {load[0]} at the end)" if load else "") + "\n\n" + markdown_table(header, rows))
+                text = f"{name}" + (f" (load average {load[0]} at the end)" if load else "") + "\n\n" + markdown_table(header, rows)
+                if notes and notes[0]:
+                    text += "\n\n" + "\n".join(f"- {line}" for line in notes[0])
+                parts.append(text)
     return "\n\n".join(parts) + "\n"
 
 QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1,
-         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2, "train_variants": "toolkit_fp32,keras_fit",
+         "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2, "train_timeout": 300.0,
          "inference_image_size": 32, "inference_images": 16, "inference_rounds": 1, "inference_keras_images": 2}
 
 
