@@ -12,11 +12,15 @@ counts. int8_top1_agreement compares the int8 and float32 ONNX answers on every 
 onnx_fp32_end_to_end_images_per_sec is toolkit.inference.predict from the photo files (decoding
 in parallel with the model), what scripts/batch_infer.py achieves.
 
-Without --inference_export_dir an export is built once (and kept in --inference_workdir): the photo
-folder converted to shards, a ResNet50V2, toolkit.exporting.export_model with --onnx_int8 (calibrated
-on the training photos). Its weights are --inference_weights (a trained run's model.weights.h5,
-e.g. the hymenoptera small-data run of README.md, loaded into the model at this image size), or
-random: then the 2-class head is rescaled so that about half the photos go to each class (a fresh
+Without --inference_export_dir an export is built once (and kept in --inference_workdir, keyed by
+the image size, the weights' digest and the photo folder: its path and a digest of its listing
+with sizes and mtimes, so other or changed photos are converted afresh): the photo folder
+converted to shards, a ResNet50V2, toolkit.exporting.export_model with --onnx_int8 (calibrated on
+the training photos). A model is served at the size it was trained at: the export's own, or the
+image_size in the run.json beside --inference_weights (a trained run's model.weights.h5, e.g. the
+hymenoptera small-data run of README.md, trained at 96 px); --inference_image_size may only
+repeat it. With random weights the size is --inference_image_size (224; 32 under --quick), and
+the 2-class head is rescaled so that about half the photos go to each class (a fresh
 network gives every photo the same class, which would make the int8 agreement trivially 100%), but
 many photos sit near the decision boundary, so int8 agreement is best judged with trained weights.
 """
@@ -34,7 +38,8 @@ from bench_clock import cpu_seconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
 PHOTOS = os.path.join(SHARED_DATA, "hymenoptera")
-FORMATS = ("onnx_fp32", "onnx_int8", "savedmodel")
+FORMATS = ("onnx_fp32", "onnx_int8", "savedmodel", "tflite_fp32", "tflite_int8")
+TFLITE = {"tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite"}  # timed when the export holds them (LiteRT)
 
 
 def add_arguments(group) -> None:
@@ -43,7 +48,9 @@ def add_arguments(group) -> None:
     group.add_argument("--inference_workdir", default=os.path.join(tempfile.gettempdir(), "toolkit-bench-inference"),
                        help="where the built export is kept and reused")
     group.add_argument("--inference_photos", default=PHOTOS, help="photo folder with train/ (int8 calibration) and val/ (measured)")
-    group.add_argument("--inference_image_size", type=int, default=224)
+    group.add_argument("--inference_image_size", type=int, default=0,
+                       help="0: the size the model was trained at (the export's, or run.json beside --inference_weights); "
+                            "224 for random weights (32 under --quick)")
     group.add_argument("--inference_batch_size", type=int, default=32)
     group.add_argument("--inference_images", type=int, default=0, help="validation photos measured; 0: all")
     group.add_argument("--inference_rounds", type=int, default=2)
@@ -65,8 +72,58 @@ def spread_head(model, images: np.ndarray) -> None:
     dense.set_weights([kernel * scale, np.array([float(np.median(margin)) * scale, 0.0], np.float32)])
 
 
-def build_export(workdir: str, photos: str, size: int, weights: str = "", log=print) -> str:
-    """An export with model.onnx, model_int8.onnx and saved_model/ at `size` px (reused when present)."""
+def folder_digest(photos: str) -> str:
+    """12 hex digits naming a photo folder as it is now: its absolute path and every file under it
+    (relative path, size, mtime). Other photos, or the same folder changed, give another digest."""
+    import hashlib
+
+    root = os.path.abspath(photos)
+    h = hashlib.sha256(root.encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            h.update(f"\0{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def trained_run(weights: str) -> dict:
+    """The run.json beside a weights file (what the weights were trained as: image_size, depth); {} when absent."""
+    from toolkit import checkpoint as ckpt_lib
+
+    try:
+        record = ckpt_lib.load_run_record(os.path.dirname(os.path.abspath(weights)))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def serving_size(asked: int, weights: str, quick: bool = False) -> tuple:
+    """(image size, depth, where the size came from) for a built export: the size the weights were
+    trained at. SystemExit when --inference_image_size contradicts it, or when trained weights come
+    without a run.json and no size is given."""
+    if not weights:
+        return asked or (32 if quick else 224), 50, "--inference_image_size" if asked else "the default for random weights"
+    run = trained_run(weights)
+    trained = run.get("image_size")
+    if trained is None:
+        if not asked:
+            raise SystemExit(f"benchmark: --inference_image_size: no run.json with image_size beside {weights}, so the size "
+                             "the weights were trained at is unknown; pass it")
+        return asked, run.get("depth", 50), "--inference_image_size (no run.json beside the weights)"
+    if asked and asked != trained:
+        raise SystemExit(f"benchmark: --inference_image_size: {weights} was trained at {trained} px "
+                         f"({os.path.dirname(os.path.abspath(weights))}/run.json); a model is served at its training size, not {asked}")
+    return int(trained), run.get("depth", 50), f"run.json beside {weights}"
+
+
+def build_export(workdir: str, photos: str, size: int, weights: str = "", log=print, depth: int = 50) -> str:
+    """An export with model.onnx, model_int8.onnx and saved_model/ at `size` px, reused when one was
+    built before from the same weights and the same photos (folder_digest)."""
     import hashlib
 
     import keras
@@ -80,7 +137,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     if weights and not os.path.isfile(weights):
         raise SystemExit(f"benchmark: --inference_weights: no such file {weights}")
     tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
-    base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}")
+    base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}_photos-{folder_digest(photos)}")
     target = os.path.join(base, "export")
     if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, exporting.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")
@@ -90,7 +147,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
         folder.convert_folder(photos, data_dir, min_shards=1, progress=False, overwrite=False)
     info = shards.read_dataset_info(data_dir)
     keras.utils.set_random_seed(0)
-    model = resnet_v2.build_model(info.num_classes, size)
+    model = resnet_v2.build_model(info.num_classes, size, depth)
     if weights:
         model.load_weights(weights)
     elif info.num_classes == 2:
@@ -99,11 +156,11 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     model.save_weights(os.path.join(model_dir, exporting.WEIGHTS))
     ckpt_lib.save_run_record(model_dir, {
         "toolkit_version": "bench", "num_classes": info.num_classes, "class_names": list(info.class_names), "image_size": size,
-        "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
+        "depth": depth, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
     start = time.time()
     try:
-        exporting.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, parity_images=32), log=log)
+        exporting.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, tflite=True, tflite_int8=True, parity_images=32), log=log)
     except exporting.ParityError as e:  # the artifacts are in place; the benchmark still measures them
         log(f"inference: {e}")
     log(f"inference: export built in {time.time() - start:.0f} s")
@@ -154,13 +211,17 @@ def run(args) -> dict:
     from toolkit import inference, runtimes
     from toolkit.data import preprocess
 
-    size = args.inference_image_size
-    export_dir = args.inference_export_dir or build_export(args.inference_workdir, args.inference_photos, size, args.inference_weights)
+    if args.inference_export_dir:
+        export_dir, size_from = args.inference_export_dir, "the export's export.json"
+    else:
+        size, depth, size_from = serving_size(args.inference_image_size, args.inference_weights, getattr(args, "quick", False))
+        export_dir = build_export(args.inference_workdir, args.inference_photos, size, args.inference_weights, depth=depth)
     with open(os.path.join(export_dir, "export.json")) as f:
         record = json.load(f)
-    if record["image_size"] != size and not args.inference_export_dir:
-        raise SystemExit(f"benchmark: --inference_image_size: {export_dir} is at {record['image_size']} px")
     size = record["image_size"]
+    if args.inference_image_size and args.inference_image_size != size:
+        raise SystemExit(f"benchmark: --inference_image_size: {export_dir} serves {size} px, the size it was trained at; "
+                         f"not {args.inference_image_size}")
     val = os.path.join(args.inference_photos, "val")
     images, paths = load_images(val if os.path.isdir(val) else args.inference_photos, size, args.inference_images)
 
@@ -171,6 +232,8 @@ def run(args) -> dict:
     }
     if os.path.exists(os.path.join(export_dir, "model_int8.onnx")):
         models["onnx_int8"] = runtimes.load_model(os.path.join(export_dir, "model_int8.onnx"), "onnx", threads)
+    models.update({name: runtimes.load_model(os.path.join(export_dir, f), "tflite", threads)
+                   for name, f in TFLITE.items() if os.path.exists(os.path.join(export_dir, f))})
     batch = args.inference_batch_size
     for model in models.values():
         model(images[:batch])  # warm-up: graph optimization, thread pools, first allocations
@@ -199,7 +262,9 @@ def run(args) -> dict:
         results["int8_max_abs_diff_probabilities"] = float(np.abs(outputs["onnx_int8"] - outputs["onnx_fp32"]).max())
     results["onnx_fp32_end_to_end_images_per_sec"] = round(end_to_end, 2)
     sm = best["savedmodel"]
-    results.update({f"{name}_vs_savedmodel": round(best[name] / sm, 2) for name in ("onnx_fp32", "onnx_int8") if name in best})
+    results.update({f"{name}_vs_savedmodel": round(best[name] / sm, 2) for name in ("onnx_fp32", "onnx_int8", *TFLITE) if name in best})
+    if "tflite_int8" in outputs:
+        results["tflite_int8_top1_agreement"] = float(np.mean(outputs["tflite_int8"].argmax(1) == outputs["onnx_fp32"].argmax(1)))
     results["keras_one_by_one_vs_savedmodel"] = round(keras_rate / sm, 3)
     results["fp32_max_abs_diff_probabilities"] = float(np.abs(outputs["onnx_fp32"] - outputs["savedmodel"]).max())
     results["targets"] = {
@@ -215,11 +280,13 @@ def run(args) -> dict:
         "keras_images": len(one),
         "fp32_predicted_class_counts": np.bincount(predicted, minlength=len(record["class_names"])).tolist(),
         "image_size": size,
+        "image_size_from": size_from,
         "batch_size": batch,
         "threads": threads or "default",
         "export_dir": os.path.abspath(export_dir),
         "weights": "the given export's" if args.inference_export_dir else os.path.abspath(args.inference_weights) if args.inference_weights else "random",
         "photos": os.path.abspath(args.inference_photos),
+        "photos_digest": folder_digest(args.inference_photos),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "data": "validation photos through preprocess.eval_image, decoded once and held in memory (the model, not the decode, is measured)",
     })
@@ -231,7 +298,8 @@ def table(r: dict) -> tuple:
     header = ("inference", "images/s", "CPU ms / image", "vs SavedModel")
     cpu = r.get("cpu_ms_per_image", {})
     names = {"onnx_fp32": "ONNX float32 (onnxruntime)", "onnx_int8": "ONNX int8 (static QDQ)",
-             "savedmodel": "TF SavedModel", "keras_one_by_one": "Keras model.predict, one image per call"}
+             "savedmodel": "TF SavedModel", "tflite_fp32": "TFLite float32 (LiteRT)", "tflite_int8": "TFLite int8 (LiteRT)",
+             "keras_one_by_one": "Keras model.predict, one image per call"}
     rows = [(label, r[f"{key}_images_per_sec"], cpu.get(key, "-"), f"{r[f'{key}_images_per_sec'] / r['savedmodel_images_per_sec']:.2f}x")
             for key, label in names.items() if f"{key}_images_per_sec" in r]
     rows.append(("batch_infer pipeline from files, ONNX float32", r["onnx_fp32_end_to_end_images_per_sec"], "-", "-"))

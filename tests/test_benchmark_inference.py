@@ -1,6 +1,8 @@
-"""scripts/benchmark.py --quick with every section at once, on real photos and the tiny 32 px export plus an int8 model."""
+"""scripts/benchmark.py --quick with every section at once, on real photos and the tiny 32 px export plus an int8 model;
+the inference section's export cache keyed by the photo folder, and a model served at the size it was trained at."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -80,3 +82,71 @@ def test_quick_runs_every_section_in_one_command(export_with_int8, tmp_path):
     assert sum(r["fp32_predicted_class_counts"]) == 10 and np.isclose(r["onnx_fp32_vs_savedmodel"],
                                                                        r["onnx_fp32_images_per_sec"] / r["savedmodel_images_per_sec"], rtol=0.02)
 
+
+def _bench_inference():
+    load_benchmark()  # puts scripts/ on sys.path
+    import bench_inference
+
+    return bench_inference
+
+
+def test_the_photo_cache_key_follows_the_folder_and_its_contents(tmp_path):
+    """A second run with other photos, or the same folder changed, must not reuse the first run's shards."""
+    bi = _bench_inference()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        ih.copy_into(str(folder / "val" / "ants"), ih.photos("ants", 2))
+    key = bi.folder_digest(str(a))
+    assert key == bi.folder_digest(str(a)) and len(key) == 12
+    assert bi.folder_digest(str(b)) != key  # the same files in another folder
+    ih.copy_into(str(a / "val" / "bees"), ih.photos("bees", 1))
+    assert bi.folder_digest(str(a)) != key  # a photo added
+    key = bi.folder_digest(str(a))
+    photo = next((a / "val" / "ants").iterdir())
+    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))
+    assert bi.folder_digest(str(a)) != key  # a photo replaced in place
+
+
+def test_a_built_export_is_reused_only_for_the_same_photos(tmp_path, monkeypatch):
+    from toolkit import exporting
+    from toolkit.data import folder
+
+    bi = _bench_inference()
+    a, b, work = tmp_path / "a", tmp_path / "b", tmp_path / "work"
+    for photos in (a, b):
+        ih.copy_into(str(photos / "train" / "ants"), ih.photos("ants", 1))
+    done = work / f"resnet50v2_32px_random_photos-{bi.folder_digest(str(a))}" / "export"
+    done.mkdir(parents=True)
+    for name in ("model_int8.onnx", exporting.EXPORT_RECORD):
+        (done / name).write_text("{}")
+    logged = []
+    assert bi.build_export(str(work), str(a), 32, log=logged.append) == str(done) and "reusing" in logged[0]
+
+    def converting(*args, **kwargs):
+        raise RuntimeError(f"converting {args[0]}")
+
+    monkeypatch.setattr(folder, "convert_folder", converting)
+    with pytest.raises(RuntimeError, match=f"converting {b}"):  # other photos: converted afresh, not the cache of a
+        bi.build_export(str(work), str(b), 32, log=logged.append)
+
+
+def test_a_model_is_served_at_the_size_it_was_trained_at(tmp_path, export_with_int8):
+    import argparse
+
+    bi = _bench_inference()
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "model.weights.h5"
+    weights.write_bytes(b"")
+    assert bi.serving_size(0, "", quick=False)[:2] == (224, 50) and bi.serving_size(0, "", quick=True)[0] == 32
+    with pytest.raises(SystemExit, match="trained at is unknown"):
+        bi.serving_size(0, str(weights))
+    assert bi.serving_size(64, str(weights))[0] == 64  # no run.json: the size given is taken
+    (run / "run.json").write_text(json.dumps({"image_size": 96, "depth": 101}))
+    assert bi.serving_size(0, str(weights)) == (96, 101, f"run.json beside {weights}")
+    assert bi.serving_size(96, str(weights))[0] == 96
+    with pytest.raises(SystemExit, match="trained at 96 px"):
+        bi.serving_size(224, str(weights))
+    args = argparse.Namespace(inference_export_dir=export_with_int8, inference_image_size=ih.SIZE * 2)
+    with pytest.raises(SystemExit, match=f"serves {ih.SIZE} px"):  # an export is served at its own size
+        bi.run(args)
