@@ -41,6 +41,12 @@ class DataConfig:
     crop_min_scale: float = _opt(0.08, "Smallest area fraction of a random-resized training crop.")
     cache: bool = _opt(False, "Cache the encoded records in memory (small datasets).")
     shuffle_buffer: int = _opt(2048, "Records in the shuffle buffer of each input pipeline.")
+    randaugment: str = _opt("", "RandAugment as N,M (e.g. 2,9): N ops per training image at magnitude M of 0-10 "
+                                "(timm's scale); empty: off.")
+    mixup_alpha: float = _opt(0.0, "Mixup: blend image pairs with a Beta(alpha, alpha) weight; 0: off (0.2-0.8 usual).")
+    cutmix_alpha: float = _opt(0.0, "CutMix: paste a box of another image, area from Beta(alpha, alpha); 0: off (1.0 usual).")
+    mix_prob: float = _opt(1.0, "Share of training batches that get mixup or CutMix (when either alpha is set).")
+    mix_switch_prob: float = _opt(0.5, "With both alphas set: share of mixed batches that use CutMix rather than mixup.")
     seed: int = _opt(0, "Seed for initialization, shuffling and augmentation.")
     deterministic: bool = _opt(False, "Deterministic ops and input order: a killed and resumed run ends with the same "
                                       "weights (turns XLA off, which has no deterministic mode).")
@@ -52,7 +58,8 @@ class ModelConfig:
 
     depth: int = _opt(50, "ResNetV2 depth: 50, 101 or 152.")
     num_classes: int = _opt(0, "Number of classes; 0 reads it from the data's labels.")
-    init_weights: str = _opt("", "Start from these weights (.keras or .weights.h5); a head of another shape is re-initialized.")
+    init_weights: str = _opt("", "Start from these weights: imagenet (Keras' published ImageNet weights, downloaded "
+                                 "once and cached) or a .keras / .weights.h5 file; a head of another shape is re-initialized.")
     freeze_backbone: bool = _opt(False, "Train only the classification head (fine-tuning).")
     sync_batchnorm: bool = _opt(False, "Synchronize BatchNorm statistics across replicas.")
 
@@ -70,6 +77,8 @@ class TrainConfig:
     warmup_epochs: float = _opt(5.0, "Epochs of linear warmup before the cosine decay.")
     weight_decay: float = _opt(5e-5, "Weight decay of kernels (decoupled for sgd/adamw, L2 loss for adam).")
     label_smoothing: float = _opt(0.0, "Label smoothing for the cross-entropy.")
+    ema_decay: float = _opt(0.0, "Keep an exponential moving average of the weights with this decay (e.g. 0.999), "
+                                 "warmed up over the first steps; evaluated beside the raw weights and exported. 0: off.")
     precision: str = _opt("auto", f"{'|'.join(PRECISIONS)}; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on "
                                   "CPUs with AMX (oneDNN on), else fp32.")
     xla: str = _opt("auto", "auto|on|off: XLA-compile the train step; auto: on for GPUs and CPUs, off on CPUs with "
@@ -184,7 +193,15 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(0 < d.crop_min_scale <= 1, "crop_min_scale", f"must be in (0, 1], got {d.crop_min_scale}")
     need(t.model_dir != "", "model_dir", "must be set")
     need(not d.data_dir or os.path.isdir(d.data_dir), "data_dir", f"{d.data_dir} is not a directory")
-    need(not m.init_weights or os.path.isfile(m.init_weights), "init_weights", f"{m.init_weights} does not exist")
+    need(not m.init_weights or m.init_weights == "imagenet" or os.path.isfile(m.init_weights), "init_weights",
+         f"{m.init_weights} does not exist (a .keras or .weights.h5 file, or imagenet)")
+    need(0 <= t.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    need(d.mixup_alpha >= 0, "mixup_alpha", f"must be zero (off) or positive, got {d.mixup_alpha}")
+    need(d.cutmix_alpha >= 0, "cutmix_alpha", f"must be zero (off) or positive, got {d.cutmix_alpha}")
+    need(0 <= d.mix_prob <= 1, "mix_prob", f"must be in [0, 1], got {d.mix_prob}")
+    need(0 <= d.mix_switch_prob <= 1, "mix_switch_prob", f"must be in [0, 1], got {d.mix_switch_prob}")
+    need(parse_randaugment(d.randaugment) is not None or not d.randaugment, "randaugment",
+         f"must be N,M with N ops (1-10) and magnitude M (0-10), e.g. 2,9; got {d.randaugment!r}")
     validate_export(config.export)
     if num_replicas is not None:
         need(
@@ -241,3 +258,12 @@ def _file_in_the_way(path: str):
             return None
         path = parent
     return None if os.path.isdir(path) else path
+
+
+def parse_randaugment(value: str):
+    """(ops per image, magnitude) from "N,M", or None when it is empty or not of that form."""
+    parts = value.replace(" ", "").split(",") if value else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    n, m = int(parts[0]), int(parts[1])
+    return (n, m) if 1 <= n <= 10 and 0 <= m <= 10 else None
