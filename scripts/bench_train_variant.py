@@ -69,8 +69,9 @@ def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: in
     from toolkit.data import pipeline, shards
     from toolkit.models import resnet_v2
 
-    info = shards.read_dataset_info(data_dir)
+    # first: it sizes TensorFlow's thread pools, which only works before anything starts the runtime
     rt = distribute.make_runtime(distribution="one_device", precision=v.precision, xla="on" if v.compiled else "off")
+    info = shards.read_dataset_info(data_dir)
     config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1)
     with rt.strategy.scope():
         model = resnet_v2.build_model(info.num_classes, size)
