@@ -144,16 +144,45 @@ def test_convert_then_read_back(tmp_path):
     assert max(len(labels) for labels in train_shards.values()) > 1
 
 
-def test_train_and_val_folders_are_kept_and_other_folders_reported(tmp_path):
+def test_train_val_and_test_folders_are_kept_and_other_folders_reported(tmp_path):
     src = tmp_path / "src"
-    dh.write_folder(str(src), None, split_dirs={"train": {"x": 3, "y": 2}, "val": {"x": 1, "y": 2}, "test": {"x": 1}})
-    m = folder.convert_folder(str(src), str(tmp_path / "out"), workers=1, progress=False).manifest
-    assert m["layout"] == "splits" and m["options"]["val_fraction"] is None
+    dh.write_folder(str(src), None, split_dirs={"train": {"x": 3, "y": 2}, "val": {"x": 1, "y": 2}, "test": {"x": 1, "y": 3},
+                                               "extra": {"x": 1}})
+    out = tmp_path / "out"
+    m = folder.convert_folder(str(src), str(out), workers=1, progress=False).manifest
+    assert m["layout"] == "splits" and m["options"]["val_fraction"] is None and m["val_source"] == "val folder"
     assert m["splits"]["train"]["per_class"] == {"x": 3, "y": 2}
     assert m["splits"]["val"]["per_class"] == {"x": 1, "y": 2}
-    assert m["split_dirs"] == {"train": str(src / "train"), "val": str(src / "val")}
-    assert m["skipped"] == [{"file": "test/", "reason": "folder not used: only train/ and val/ are read"}]
-    assert {r["filename"].split(os.sep)[0] for r in dh.read_records(str(tmp_path / "out"), "val")} == {"val"}
+    assert m["splits"]["test"]["per_class"] == {"x": 1, "y": 3}
+    assert m["split_dirs"] == {"train": str(src / "train"), "val": str(src / "val"), "test": str(src / "test")}
+    assert m["skipped"] == [{"file": "extra/", "reason": "folder not used: only train/, val/ and test/ are read"}]
+    for split in ("val", "test"):
+        assert {r["filename"].split(os.sep)[0] for r in dh.read_records(str(out), split)} == {split}
+    info = shards.read_dataset_info(str(out))  # what the trainer and toolkit.evaluate read
+    assert info.counts == {"train": 5, "val": 3, "test": 4}
+    assert [os.path.basename(p) for p in info.split_files("test")] == [f"test-0000{i}-of-00004.tfrecord" for i in range(4)]
+
+
+def test_without_val_folder_val_is_drawn_from_train_never_from_test(tmp_path):
+    src = tmp_path / "src"
+    written = dh.write_folder(str(src), None, split_dirs={"train": {"x": 8, "y": 4}, "test": {"x": 2, "y": 2}})
+    out = tmp_path / "out"
+    m = folder.convert_folder(str(src), str(out), val_fraction=0.25, workers=1, progress=False).manifest
+    assert m["splits"]["val"]["per_class"] == {"x": 2, "y": 1} and m["splits"]["train"]["per_class"] == {"x": 6, "y": 3}
+    assert m["options"]["val_fraction"] == 0.25 and m["val_source"] == "0.25 of train, per class"
+    by_split = {split: {r["filename"] for r in dh.read_records(str(out), split)} for split in ("train", "val", "test")}
+    assert {f.split(os.sep)[0] for f in by_split["val"]} == {"train"}
+    assert by_split["test"] == {rel for rel in written if rel.startswith("test" + os.sep)}
+    assert by_split["train"] | by_split["val"] == {rel for rel in written if rel.startswith("train" + os.sep)}
+
+
+def test_flat_folder_has_no_test_split_and_split_folders_need_train(tmp_path):
+    dh.write_folder(str(tmp_path / "flat"), {"x": 3, "y": 3})
+    m = folder.convert_folder(str(tmp_path / "flat"), str(tmp_path / "out"), workers=1, progress=False).manifest
+    assert set(m["splits"]) == {"train", "val"}
+    dh.write_folder(str(tmp_path / "no_train"), None, split_dirs={"val": {"x": 1}, "test": {"x": 1}})
+    with pytest.raises(writer.ConversionError, match="has test/, val/ but no train/"):
+        folder.convert_folder(str(tmp_path / "no_train"), str(tmp_path / "out2"), workers=1, progress=False)
 
 
 def test_bad_files_are_skipped_and_reported(tmp_path):

@@ -42,11 +42,12 @@ def tfds_dir(tmp_path):
 def test_tfds_dataset_converts_with_its_labels(tfds_dir, tmp_path):
     import tensorflow_datasets as tfds
 
-    conversion = external.convert_tfds("tiny_gray", str(tmp_path / "out"), data_dir=str(tfds_dir), workers=1, progress=False)
+    conversion = external.convert_tfds("tiny_gray", str(tmp_path / "out"), data_dir=str(tfds_dir), val_split="test",
+                                       workers=1, progress=False)
     m = conversion.manifest
     assert m["class_names"] == ["a", "b", "c"] and m["source_kind"] == "tfds"
-    assert m["options"]["val_split"] == "test"
-    assert (m["splits"]["train"]["count"], m["splits"]["val"]["count"]) == (12, 6)
+    assert m["options"]["val_split"] == "test" and m["options"]["test_split"] is None  # named as val: not also test
+    assert (m["splits"]["train"]["count"], m["splits"]["val"]["count"]) == (12, 6) and "test" not in m["splits"]
 
     builder = tfds.builder("tiny_gray", data_dir=str(tfds_dir))
     expected = [(ex["image"], int(ex["label"])) for ex in builder.as_dataset(split="train", shuffle_files=False).as_numpy_iterator()]
@@ -58,6 +59,17 @@ def test_tfds_dataset_converts_with_its_labels(tfds_dir, tmp_path):
         assert decoded.shape == (28, 28, 3)  # grayscale became RGB
         assert np.abs(decoded.astype(float) - image.astype(float)).mean() < 4.0
     assert_trainable_batches(str(tmp_path / "out"), 3)
+
+
+def test_tfds_test_split_stays_test_and_val_is_drawn_from_train(tfds_dir, tmp_path):
+    out = tmp_path / "out"
+    m = external.convert_tfds("tiny_gray", str(out), data_dir=str(tfds_dir), val_fraction=0.25, workers=1, progress=False).manifest
+    assert m["options"]["test_split"] == "test" and m["options"]["val_split"] == "0.25 of train"
+    assert (m["splits"]["train"]["count"], m["splits"]["val"]["count"], m["splits"]["test"]["count"]) == (9, 3, 6)
+    names = {split: [r["filename"] for r in dh.read_records(str(out), split)] for split in ("train", "val", "test")}
+    assert names["test"] == [f"test[{i}]" for i in range(6)]
+    assert sorted(names["train"] + names["val"]) == sorted(f"train[{i}]" for i in range(12))
+    assert shards.read_dataset_info(str(out)).counts == {"train": 9, "val": 3, "test": 6}
 
 
 def test_tfds_without_validation_split_draws_a_stratified_one(tmp_path):
@@ -85,7 +97,7 @@ def test_tfds_through_the_command_line_flags(tfds_dir, tmp_path):
     convert.define_flags(fv)
     fv(["convert", "--tfds_name=tiny_gray", f"--tfds_data_dir={tfds_dir}", f"--out={tmp_path / 'out'}", "--workers=2", "--noprogress"])
     m = convert.convert_with_flags(fv).manifest
-    assert (m["splits"]["train"]["count"], m["splits"]["val"]["count"]) == (12, 6)
+    assert (m["splits"]["train"]["count"] + m["splits"]["val"]["count"], m["splits"]["test"]["count"]) == (12, 6)
 
 
 # ------------------------------------------------------------------ other tools' TFRecords
@@ -180,4 +192,4 @@ def test_sources_train_a_few_steps(source, tmp_path):
     summary = training.run(config)
     assert summary["steps"] == 2 and summary["num_classes"] == 3
     assert np.isfinite(summary["val_loss"]) and 0.0 <= summary["val_top1"] <= 1.0
-    assert summary["history"][-1]["val_images"] == (6 if source == "tfds" else 3)
+    assert summary["history"][-1]["val_images"] == 3  # tfds: one per class drawn from train (its test split is not val)

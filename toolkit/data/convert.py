@@ -4,7 +4,8 @@
   python -m toolkit.data.convert --tfds_name NAME --tfds_data_dir ~/tensorflow_datasets --out shards/
   python -m toolkit.data.convert --src imagenet-tfrecords/ --label_offset 1 --out shards/
 
-The output directory holds train-*/val-* TFRecord shards in the ImageNet-style schema
+The output directory holds train-*/val-* (and test-*, when the source has a test split) TFRecord
+shards in the ImageNet-style schema
 (toolkit.data.schema), labels.txt and manifest.json (counts per split and class, shards, source,
 options, every skipped file with its reason). It is built in a temporary directory and renamed
 into place, and an existing output is only replaced with --overwrite.
@@ -37,16 +38,19 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     def integer(name, default, help_, lower=None):
         flags.DEFINE_integer(name, default, help_, lower_bound=lower, flag_values=fv)
 
-    string("src", "", "Image folder (SRC/<class>/ or SRC/train/<class>/ + SRC/val/<class>/), or a directory of TFRecord shards.")
+    string("src", "", "Image folder (SRC/<class>/, or SRC/train/<class>/ with optional SRC/val/<class>/ and SRC/test/<class>/), "
+           "or a directory of TFRecord shards.")
     string("out", "", "Output directory for shards, labels.txt and manifest.json.")
     flags.DEFINE_enum("src_format", "auto", FORMATS, "What --src holds; auto: TFRecords if it has train-*/validation-* files or a manifest.", flag_values=fv)
     string("tfds_name", "", "Convert this tensorflow-datasets dataset (prepared in --tfds_data_dir) instead of --src.")
     string("tfds_data_dir", "", "Local TFDS data dir holding --tfds_name; nothing is downloaded.")
     string("tfds_train_split", "train", "TFDS split to use for training.")
-    string("tfds_val_split", "", "TFDS split to use for validation; empty: validation/val/test, else --val_fraction of train.")
+    string("tfds_val_split", "", "TFDS split to use for validation; empty: validation/val, else --val_fraction of train "
+           "(a TFDS test split becomes the test split, never validation, unless named here).")
     string("tfds_image_key", "image", "TFDS image feature.")
     string("tfds_label_key", "label", "TFDS ClassLabel feature.")
-    flags.DEFINE_float("val_fraction", 0.1, "Validation fraction per class when the source has no validation split.", flag_values=fv)
+    flags.DEFINE_float("val_fraction", 0.1, "Validation fraction per class drawn from train when the source has no validation "
+                      "split (a test split is never used for validation).", flag_values=fv)
     integer("shard_size", 1024, "At most this many images per shard.", lower=1)
     integer("min_shards", 8, "At least this many shards per split (fewer only if a split has fewer images), so up to this many workers each read their own files.", lower=1)
     integer("workers", 0, "Parallel worker processes; 0: every core.", lower=0)

@@ -83,9 +83,11 @@ def _tfds_candidates(builder, train_split: str, val_split: str, image_key: str, 
                 yield writer.Candidate(encoded, int(label), f"{split}[{i}]")
 
     splits = builder.info.splits
+    test_split = _tfds_test_split(splits, train_split, val_split)
+    test = {"test": (candidates(test_split), splits[test_split].num_examples)} if test_split else {}
     if val_split:
         n_train, n_val = splits[train_split].num_examples, splits[val_split].num_examples
-        return {"train": (candidates(train_split), n_train), "val": (candidates(val_split), n_val)}
+        return {"train": (candidates(train_split), n_train), "val": (candidates(val_split), n_val), **test}
     labels_ds = builder.as_dataset(split=train_split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
     labels = [(str(i), int(ex[label_key])) for i, ex in enumerate(labels_ds.as_numpy_iterator())]
     train_keys, val_keys = folder.stratified_split(labels, val_fraction, seed)
@@ -93,7 +95,13 @@ def _tfds_candidates(builder, train_split: str, val_split: str, image_key: str, 
     return {
         "train": (candidates(train_split, train_idx), len(train_idx)),
         "val": (candidates(train_split, val_idx), len(val_idx)),
+        **test,
     }
+
+
+def _tfds_test_split(splits, train_split: str, val_split: str) -> str:
+    """The TFDS split written as our test split: the first of SPLITS["test"] not already used, or ""."""
+    return next((s for s in SPLITS["test"] if s in splits and s not in (train_split, val_split)), "")
 
 
 def convert_tfds(
@@ -121,7 +129,8 @@ def convert_tfds(
       name: the TFDS dataset name; `data_dir` the directory it is prepared in.
       out: the shard directory to write.
       train_split, val_split: TFDS split names; an empty val_split takes the first of SPLITS["val"]
-        that exists, else a stratified `val_fraction` drawn from the train split (with `seed`).
+        that exists, else a stratified `val_fraction` drawn from the train split (with `seed`). A
+        TFDS "test" split not used as either becomes our test split (never the validation split).
       image_key, label_key: the Image and ClassLabel features.
       shard_size, min_shards: at most shard_size records per shard, at least min_shards shards.
       workers, max_side, quality, overwrite, progress: as for `writer.write_dataset`.
@@ -142,6 +151,7 @@ def convert_tfds(
         "tfds_version": str(builder.info.version),
         "train_split": train_split,
         "val_split": val_split or f"{val_fraction:g} of {train_split}",
+        "test_split": _tfds_test_split(builder.info.splits, train_split, val_split) or None,
         "image_key": image_key,
         "label_key": label_key,
         "shard_size": shard_size,

@@ -3,8 +3,11 @@
 Two layouts are recognised:
   SRC/<class>/...                          one folder per class; a stratified validation split
                                            of `val_fraction` is drawn from each class
-  SRC/train/<class>/...  SRC/val/<class>/...   the split given by the folders (`validation/` is
-                                           also accepted; without one, val is drawn from train)
+  SRC/train/<class>/...  SRC/val/<class>/...  SRC/test/<class>/...
+                                           the splits given by the folders (`validation/` is also
+                                           accepted; test/ is optional and always the test split;
+                                           without val/, a stratified val is drawn from train,
+                                           never taken from test)
 Every non-hidden file inside a class folder (subfolders included) is a candidate: whatever fails to
 decode is skipped and reported, never guessed from its extension. Files outside class folders and
 unused top-level folders are reported as skipped too. Hidden files and folders (".name") are
@@ -49,29 +52,32 @@ def _split_folder(src: str, split: str):
     return None
 
 
+def _split_tops(src: str, skipped: list) -> dict:
+    """{split: top folder name or None} of a SRC/train/... layout, unused folders reported."""
+    tops = {split: _split_folder(src, split) for split in splits.SPLITS}
+    used = {d for d in tops.values() if d}
+    for name in subdirs(src):
+        if name not in used:
+            skipped.append({"file": name + "/", "reason": "folder not used: only train/, val/ and test/ are read"})
+    return tops
+
+
 def scan_folder(src: str) -> FolderScan:
     """Classes, files and layout of an image folder (see the module docstring)."""
     if not os.path.isdir(src):
         raise writer.ConversionError(f"--src: {src} is not a directory")
     src = os.path.abspath(src)
-    skipped = []
-    train_dir = _split_folder(src, "train")
-    if train_dir:
-        val_dir = _split_folder(src, "val")
-        tops = {"train": train_dir, "val": val_dir}
-        used = {d for d in tops.values() if d}
-        for name in subdirs(src):
-            if name not in used:
-                skipped.append({"file": name + "/", "reason": "folder not used: only train/ and val/ are read"})
-        for name in plain_files(src):
-            skipped.append({"file": name, "reason": "not inside a class folder"})
-        class_names = sorted({c for d in used for c in subdirs(os.path.join(src, d))})
+    skipped = [{"file": name, "reason": "not inside a class folder"} for name in plain_files(src)]
+    if _split_folder(src, "train"):
+        tops = _split_tops(src, skipped)
+        class_names = sorted({c for d in tops.values() if d for c in subdirs(os.path.join(src, d))})
         layout = "splits"
     else:
-        tops = {"train": "", "val": None}
+        named = [d for d in subdirs(src) if d in splits.ALL_NAMES]
+        if named:  # val/ or test/ without train/: taking them for classes would train on the wrong thing
+            raise writer.ConversionError(f"--src: {src} has {'/, '.join(named)}/ but no train/ with class folders")
+        tops = {"train": "", "val": None, "test": None}
         class_names = subdirs(src)
-        for name in plain_files(src):
-            skipped.append({"file": name, "reason": "not inside a class folder"})
         layout = "classes"
     if not class_names:
         raise writer.ConversionError(f"--src: {src} has no class folders (expected SRC/<class>/ or SRC/train/<class>/)")
@@ -136,16 +142,19 @@ def convert_folder(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    extra: dict | None = None,
 ) -> writer.Conversion:
     """Convert an image folder (either layout, see the module doc) into shards.
 
     Args:
       src: the image folder.
       out: the shard directory to write (shards, labels.txt, manifest.json).
-      val_fraction: the share of each class drawn for validation when the folder has no val/.
+      val_fraction: the share of each class drawn from train for validation when the folder has
+        no val/ (test/, when present, is written as the test split and never drawn from).
       shard_size, min_shards: at most shard_size records per shard, at least min_shards shards.
       seed: the seed of the drawn validation split and of the storage order.
       workers, max_side, quality, overwrite, progress: as for `writer.write_dataset`.
+      extra: more manifest keys (toolkit.data.prepare records the folder's digest).
 
     Returns:
       The writer.Conversion.
@@ -154,15 +163,17 @@ def convert_folder(
         raise writer.ConversionError(f"--val_fraction: must be in [0, 1), got {val_fraction}")
     scan = scan_folder(src)
     src = os.path.abspath(src)
-    train, val = scan.files["train"], scan.files["val"]
+    items = dict(scan.files)
     drawn = "val" not in scan.split_dirs
     if drawn:
-        train, val = stratified_split(train, val_fraction, seed)
+        items["train"], items["val"] = stratified_split(items["train"], val_fraction, seed)
+    if "test" not in scan.split_dirs:
+        del items["test"]  # no test/ folder: no test split (rather than an empty one)
     plans = {}
-    for split, items in (("train", train), ("val", val)):
-        items = storage_order(items, seed)
-        candidates = (writer.Candidate(os.path.join(src, rel), label, rel) for rel, label in items)
-        plans[split] = writer.SplitPlan(candidates, len(items), writer.num_shards_for(len(items), shard_size, min_shards))
+    for split, found in items.items():
+        found = storage_order(found, seed)
+        candidates = (writer.Candidate(os.path.join(src, rel), label, rel) for rel, label in found)
+        plans[split] = writer.SplitPlan(candidates, len(found), writer.num_shards_for(len(found), shard_size, min_shards))
     options = {
         "val_fraction": val_fraction if drawn else None,
         "shard_size": shard_size,
@@ -171,7 +182,8 @@ def convert_folder(
         "jpeg_quality": quality,
         "seed": seed,
     }
-    extra = {"source_kind": "image_folder", "layout": scan.layout, "split_dirs": scan.split_dirs}
+    manifest_extra = {"source_kind": "image_folder", "layout": scan.layout, "split_dirs": scan.split_dirs,
+                      "val_source": f"{val_fraction:g} of train, per class" if drawn else "val folder", **(extra or {})}
     return writer.write_dataset(
         out,
         plans,
@@ -184,6 +196,6 @@ def convert_folder(
         overwrite=overwrite,
         progress=progress,
         skipped=scan.skipped,
-        extra=extra,
+        extra=manifest_extra,
         protect=[src],
     )
