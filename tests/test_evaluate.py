@@ -115,3 +115,50 @@ def test_the_command_line_refuses_a_folder_without_classes_in_one_line(model, tm
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error")]
     assert lines == [f"error: --data: {tmp_path / 'flat'} holds neither TFRecord shards nor class subfolders"]
+
+
+# ------------------------------------------------------------------ the test split, by name
+
+
+def test_the_test_split_is_read_by_name_from_folders_and_shards(tmp_path):
+    import data_helpers as dh
+    from toolkit.data import folder, shards
+
+    src = tmp_path / "photos"
+    written = dh.write_folder(str(src), None, split_dirs={"train": {"ants": 4, "bees": 4}, "validation": {"ants": 1, "bees": 1},
+                                                         "test": {"ants": 2, "bees": 3}})
+    data = evaluate.read_labelled(str(src), "test")
+    assert data.source == "folder" and data.directory == str(src / "test") and data.class_names == ("ants", "bees")
+    expected = sorted((str(src / rel), ("ants", "bees").index(rel.split(os.sep)[1])) for rel in written if rel.startswith("test"))
+    assert sorted(zip(data.inputs.files, data.inputs.labels)) == expected
+    assert evaluate.read_labelled(str(src), "val").directory == str(src / "validation")  # --split val finds validation/
+
+    out = tmp_path / "shards"
+    folder.convert_folder(str(src), str(out), workers=1, progress=False)
+    data = evaluate.read_labelled(str(out), "test")
+    assert data.source == "tfrecord" and data.inputs.count == 5
+    assert data.inputs.files == shards.read_dataset_info(str(out)).split_files("test")
+    assert all(os.path.basename(f).startswith("test-") for f in data.inputs.files)
+
+    flat = tmp_path / "flat_shards"
+    dh.write_folder(str(tmp_path / "flat"), {"ants": 3, "bees": 3})
+    folder.convert_folder(str(tmp_path / "flat"), str(flat), workers=1, progress=False)
+    with pytest.raises(runtimes.InferenceError, match=r"--split: .* has no 'test' shards \(it has train, val\)"):
+        evaluate.read_labelled(str(flat), "test")
+
+
+@pytest.mark.slow
+def test_test_split_scores_the_same_as_shards_and_as_a_folder(model, tmp_path):
+    from toolkit.data import folder
+
+    src = tmp_path / "photos"
+    for split, start in (("train", 40), ("val", 44), ("test", 46)):
+        ih.copy_into(str(src / split / "ants"), ih.photos("ants", 2, start=start))
+        ih.copy_into(str(src / split / "bees"), ih.photos("bees", 2, start=start))
+    folder.convert_folder(str(src), str(tmp_path / "shards"), workers=1, progress=False)
+    loaded = runtimes.load_model(model.dir)
+    by_folder = evaluate.evaluate(loaded, evaluate.read_labelled(str(src), "test"), str(tmp_path / "a"), grid=0, log=lambda _: None)
+    by_shards = evaluate.evaluate(loaded, evaluate.read_labelled(str(tmp_path / "shards"), "test"), str(tmp_path / "b"), grid=0,
+                                  log=lambda _: None)
+    assert by_folder["images"] == by_shards["images"] == 4
+    assert by_folder["confusion_matrix"] == by_shards["confusion_matrix"]

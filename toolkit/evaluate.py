@@ -2,9 +2,10 @@
 
   python -m toolkit.evaluate --model EXPORT_DIR|model.onnx|saved_model/ --data DIR --out DIR
 
---data is an image folder with one subfolder per class (DIR/<class>/..., or DIR/val/<class>/...
-when DIR holds train/ and val/), or a directory of TFRecord shards (toolkit.data.convert's, or
-ImageNet-style with --label_offset 1), whose --split is read. Data classes are matched to the
+--data is an image folder with one subfolder per class (DIR/<class>/...), or a folder of splits
+(DIR/train/, DIR/val/, DIR/test/) whose --split folder is read (DIR/test/<class>/... for
+--split test), or a directory of TFRecord shards (toolkit.data.convert's, or ImageNet-style with
+--label_offset 1) whose --split shards are read (test-* for --split test). Data classes are matched to the
 model's by name (a subset is fine); shards without class names are taken as model indices.
 
 Written to --out:
@@ -74,9 +75,11 @@ def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
 
     root, classes = data_dir, subdirs(data_dir)
     if classes and set(classes) <= set(splits.ALL_NAMES):
-        if split not in classes:
+        names = splits.SPLITS.get(splits.canonical(split), (split,))  # --split val also finds validation/
+        found = next((name for name in names if name in classes), None)
+        if found is None:
             raise runtimes.InferenceError(f"--split: {data_dir} has no {split}/ folder (it has {', '.join(classes)})")
-        root = os.path.join(data_dir, split)
+        root = os.path.join(data_dir, found)
         classes = subdirs(root)
     if not classes:
         raise runtimes.InferenceError(f"--data: {data_dir} holds neither TFRecord shards nor class subfolders")
@@ -243,7 +246,8 @@ def define_flags(fv=None) -> None:
     flags.DEFINE_string("model", "", "Export dir, .onnx file or SavedModel dir.", flag_values=fv)
     flags.DEFINE_string("data", "", "Image folder with class subfolders, or a directory of TFRecord shards.", flag_values=fv)
     flags.DEFINE_string("out", "", "Directory for metrics.json, confusion_matrix.png/.json, predictions.png/.csv.", flag_values=fv)
-    flags.DEFINE_string("split", "val", "Split to read from shards, or from a folder holding train/ and val/.", flag_values=fv)
+    flags.DEFINE_string("split", "val", "Split to read: val (or validation) or test, from shards (val-*, test-*) or from a folder "
+                                        "holding train/, val/, test/.", flag_values=fv)
     flags.DEFINE_enum("backend", "auto", ["auto", *runtimes.BACKENDS], "Runtime; auto follows the model.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 32, "Images per model call.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("threads", 0, "Threads of the model's computation; 0: the backend's default.", lower_bound=0, flag_values=fv)
