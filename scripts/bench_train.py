@@ -189,7 +189,8 @@ def run(args) -> dict:
         if same:
             variants[v.name] = {**variants[same], "same_run_as": same}
             continue
-        got = run_variant_subprocess(v.name, args.data_dir, folder, batch, size, args.train_warmup, args.train_steps, timeout=args.train_timeout)
+        got = run_variant_subprocess(v.name, args.data_dir, folder, batch, size, args.train_warmup, args.train_steps,
+                                     timeout=args.train_timeout, auto=v.name == plan.default)
         got["precision"] = v.precision
         if "images_per_sec" in got:
             achieved = 3 * forward * got["images_per_sec"]  # forward + backward ~ 3x the forward FLOPs

@@ -63,14 +63,18 @@ def _progress(done: int, seconds: float, cpu: float) -> None:
     print(json.dumps({"timed_steps": done, "seconds": seconds, "cpu_seconds": cpu}), flush=True)
 
 
-def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: int, steps: int) -> dict:
+def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: int, steps: int, auto: bool = False) -> dict:
     from toolkit import distribute, loop
     from toolkit.config import DataConfig, TrainConfig
     from toolkit.data import pipeline, shards
     from toolkit.models import resnet_v2
 
-    # first: it sizes TensorFlow's thread pools, which only works before anything starts the runtime
-    rt = distribute.make_runtime(distribution="one_device", precision=v.precision, xla="on" if v.compiled else "off")
+    # first: it sizes TensorFlow's thread pools, which only works before anything starts the runtime.
+    # auto: the toolkit default, set up as a user without flags gets it, must come out as v
+    rt = distribute.make_runtime(distribution="one_device", precision="auto" if auto else v.precision,
+                                 xla="auto" if auto else "on" if v.compiled else "off")
+    if auto and (rt.precision, rt.xla) != (v.precision, v.compiled):
+        raise SystemExit(f"the toolkit default is {variant_name('toolkit', rt.precision, rt.xla)} in this process, not {v.name}")
     info = shards.read_dataset_info(data_dir)
     config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1)
     with rt.strategy.scope():
@@ -91,7 +95,7 @@ def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: in
         _progress(done, time.perf_counter() - start, cpu_seconds() - cpu)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {"seconds": seconds, "cpu_seconds": cpu, "settings": {
-        "precision": rt.precision, "xla": rt.xla, "xla_why": rt.xla_note, "steps_per_loop": rt.steps_per_loop, "threads": rt.threads}}
+        "precision": rt.precision, "precision_why": rt.precision_note, "xla": rt.xla, "xla_why": rt.xla_note, "steps_per_loop": rt.steps_per_loop, "threads": rt.threads}}
 
 
 def measure_keras_fit(v: Variant, folder: str, batch: int, size: int, warmup: int, steps: int) -> dict:
@@ -121,12 +125,13 @@ def measure_keras_fit(v: Variant, folder: str, batch: int, size: int, warmup: in
             "settings": {"precision": v.precision, "policy": keras.mixed_precision.global_policy().name, "jit_compile": bool(model.jit_compile)}}
 
 
-def measure(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int) -> dict:
-    """{"images_per_sec", "cpu_ms_per_image", "settings"} of one variant in this process."""
+def measure(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int, auto: bool = False) -> dict:
+    """{"images_per_sec", "cpu_ms_per_image", "settings"} of one variant in this process; auto: a
+    toolkit variant set up with --precision auto --xla auto (SystemExit if that is not `variant`)."""
     v = parse_variant(variant)
     warmup = max(1, warmup)
     if v.kind == "toolkit":
-        got = measure_toolkit(v, data_dir, batch, size, warmup, steps)
+        got = measure_toolkit(v, data_dir, batch, size, warmup, steps, auto)
     else:
         got = measure_keras_fit(v, folder, batch, size, warmup, steps)
     return {"images_per_sec": batch * steps / got["seconds"], "cpu_ms_per_image": 1000 * got["cpu_seconds"] / (batch * steps),
@@ -134,11 +139,11 @@ def measure(variant: str, data_dir: str, folder: str, batch: int, size: int, war
 
 
 def run_variant_subprocess(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int,
-                           timeout: float | None = None) -> dict:
+                           timeout: float | None = None, auto: bool = False) -> dict:
     """Run one variant in a fresh interpreter: its measure() dict, or {"error": ...}; past the timeout,
     the rate of the timed steps it finished (marked "partial") when there were any."""
     cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--data_dir", data_dir, "--folder", folder,
-           "--batch_size", str(batch), "--image_size", str(size), "--warmup", str(warmup), "--steps", str(steps)]
+           "--batch_size", str(batch), "--image_size", str(size), "--warmup", str(warmup), "--steps", str(steps)] + (["--auto"] * auto)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -168,12 +173,14 @@ def main():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--auto", action="store_true", help="toolkit variants: set up with --precision auto --xla auto, "
+                                                            "as a user without flags gets it; fail unless that is --variant")
     args = parser.parse_args()
     try:
         parse_variant(args.variant)
     except ValueError as e:
         parser.error(f"--variant: {e}")
-    got = measure(args.variant, args.data_dir, args.folder, args.batch_size, args.image_size, args.warmup, args.steps)
+    got = measure(args.variant, args.data_dir, args.folder, args.batch_size, args.image_size, args.warmup, args.steps, args.auto)
     print(json.dumps({"variant": args.variant, **got}))
 
 

@@ -58,9 +58,10 @@ def test_quick_runs_every_section_in_one_command(export_with_int8, tmp_path):
     assert t["toolkit_default_vs_notebook"] == pytest.approx(t["toolkit_default_images_per_sec"] / t["notebook_images_per_sec"], abs=0.01)
     assert t["toolkit_default_vs_keras_best"] == pytest.approx(t["toolkit_default_images_per_sec"] / t["keras_best_images_per_sec"], abs=0.01)
     assert set(t["goals"]) == {"toolkit_default_at_least_2x_notebook", "toolkit_default_at_least_1.15x_keras_best"}
-    # the default is what the trainer itself chose in its process: the precision and XLA named in the parent
+    # the default ran as a user without flags gets it (--precision auto --xla auto in its own process) and came out as named
     settings = t["variants"][default]["settings"]
     assert default == f"toolkit_{settings['precision']}" + ("_xla" if settings["xla"] else "") and settings["steps_per_loop"] >= 1
+    assert settings["precision_why"].startswith("auto") and settings["xla_why"].startswith("auto")
     assert t["variants"]["notebook"]["settings"]["precision"] == "fp32" and t["variants"]["notebook"]["settings"]["policy"] == "float32"
     assert t["skipped"] and all(why for why in t["skipped"].values())  # --quick skips, each with its reason
     assert f"| {default} (toolkit default" in tables and "- goal toolkit default at least 2x notebook: " in tables
