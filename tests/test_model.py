@@ -110,7 +110,7 @@ def test_init_weights_rejects_unrelated_files(tmp_path):
     bad.write_bytes(b"not an h5 file")
     with pytest.raises(ValueError, match="--init_weights"):
         resnet_v2.load_initial_weights(resnet_v2.build_model(4, 32), str(bad))
-    with pytest.raises(ValueError, match="must end in"):
+    with pytest.raises(ValueError, match="must be imagenet or end in"):
         resnet_v2.load_initial_weights(resnet_v2.build_model(4, 32), str(tmp_path / "w.pt"))
 
 

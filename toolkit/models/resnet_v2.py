@@ -130,28 +130,53 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 
 
 def load_initial_weights(model: keras.Model, path: str) -> int:
-    """Copy weights from a `.keras` or `.weights.h5` file into `model`, layer by layer, by name.
+    """Copy weights into `model`, layer by layer, by name.
 
-    Layers whose shapes differ (typically the classification head when the class count changes)
-    keep their fresh initialization. Returns the number of layers copied. Raises ValueError naming
-    the file when it cannot be read or nothing in it matches.
+    Args:
+      model: a network of build_model.
+      path: "imagenet" (Keras' published ImageNet weights of the same depth, fetched and cached by
+        toolkit.models.pretrained), or a `.keras` or `.weights.h5` file.
+
+    Returns:
+      The number of layers copied. Layers whose shapes differ (typically the classification head
+      when the class count changes) keep their fresh initialization.
+
+    Raises:
+      toolkit.config.ConfigError (a ValueError; one line starting "--init_weights:") when the
+      weights cannot be had or read, or nothing in them matches.
     """
-    if path.endswith(".weights.h5"):
+    from toolkit.config import ConfigError
+
+    if path == "imagenet":
+        from toolkit.models import pretrained
+
+        try:
+            source = pretrained.imagenet_backbone(_depth_of(model))
+        except pretrained.WeightsUnavailable as e:
+            raise ConfigError(f"--init_weights: {e}") from None
+    elif path.endswith(".weights.h5"):
         # Keras 3 weight files are keyed by layer order, not name: rebuild the network that wrote
         # the file (same depth, its own head size), load it strictly, then copy by name.
         try:
             source = build_model(_head_size_in_weights_file(path), model.input_shape[1], _depth_of(model))
             source.load_weights(path)
         except Exception as e:  # noqa: BLE001 - any load failure is a bad --init_weights
-            raise ValueError(f"--init_weights: cannot load {path}: {e}") from e
+            raise ConfigError(f"--init_weights: cannot load {path}: {e}") from e
     elif path.endswith(".keras"):
         try:
             source = keras.saving.load_model(path, compile=False)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"--init_weights: cannot load {path}: {e}") from e
+            raise ConfigError(f"--init_weights: cannot load {path}: {e}") from e
     else:
-        raise ValueError(f"--init_weights: {path} must end in .keras or .weights.h5")
+        raise ConfigError(f"--init_weights: {path} must be imagenet or end in .keras or .weights.h5")
+    copied = _copy_by_name(source, model)
+    if copied == 0:
+        raise ConfigError(f"--init_weights: no layer of {path} matches the model by name and shape")
+    return copied
 
+
+def _copy_by_name(source: keras.Model, model: keras.Model) -> int:
+    """Copy each layer's weights from the source layer of the same name and shapes; returns the count."""
     by_name = {layer.name: layer for layer in source.layers}
     copied = 0
     for layer in model.layers:
@@ -163,8 +188,6 @@ def load_initial_weights(model: keras.Model, path: str) -> int:
             continue
         layer.set_weights(src_weights)
         copied += 1
-    if copied == 0:
-        raise ValueError(f"--init_weights: no layer of {path} matches the model by name and shape")
     return copied
 
 
