@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit import exporting, inference, runtimes
+from toolkit import deploy, exporting, inference, runtimes
 
 SCRIPT = os.path.join(ih.ROOT, "scripts", "batch_infer.py")
 
@@ -68,7 +68,7 @@ def csv_probabilities(rows, class_names):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["onnx", "savedmodel"])
+@pytest.mark.parametrize("backend", ["onnx", "savedmodel", "tflite"])
 def test_predictions_equal_the_saved_models_on_real_photos(model, good_photos, tmp_path, capsys, backend):
     folder, paths = good_photos
     out = tmp_path / "p.csv"
@@ -196,7 +196,7 @@ def test_the_command_line_end_to_end(model, good_photos, tmp_path):
     ("empty folder", "--inputs: no files in"),
     ("no such input", "--inputs: "),
     ("missing model", "--model: "),
-    ("not a model", "is neither an .onnx file"),
+    ("not a model", "is neither an .onnx or .tflite file"),
     ("bad output", "--output: "),
     ("no onnx for the backend", "--backend: "),
 ])
@@ -241,8 +241,8 @@ def test_list_inputs_reads_folders_globs_and_shard_directories(tmp_path):
 
 
 def test_the_export_artifact_names_are_the_ones_inference_looks_for():
-    assert (runtimes.EXPORT_ONNX, runtimes.EXPORT_SAVED_MODEL, runtimes.EXPORT_LABELS) == (
-        exporting.ONNX_FILES["onnx"], exporting.SAVED_MODEL, exporting.LABELS)
+    assert (runtimes.EXPORT_ONNX, runtimes.EXPORT_SAVED_MODEL, runtimes.EXPORT_LABELS, runtimes.EXPORT_TFLITE) == (
+        exporting.ONNX_FILES["onnx"], exporting.SAVED_MODEL, exporting.LABELS, deploy.TFLITE_FILES["tflite"])
 
 
 def test_check_image_caps_pixels_from_the_header_alone():

@@ -1,9 +1,11 @@
-"""Exported models as functions: an .onnx file in onnxruntime, a SavedModel in TensorFlow.
+"""Exported models as functions: an .onnx file in onnxruntime, a SavedModel in TensorFlow, a .tflite
+file in the LiteRT interpreter.
 
   load_model(path, backend, threads) -> Model: float32 NHWC images in [0, 255] -> probabilities,
   with the class names and image size read from the artifact itself (ONNX metadata_props; the
-  SavedModel's labels.txt asset and serving_default input shape). `path` is an .onnx file, a
-  SavedModel directory or an export directory (its model.onnx, else its saved_model/).
+  SavedModel's labels.txt asset and serving_default input shape; labels.txt beside a .tflite file or
+  one level up). `path` is an .onnx or .tflite file, a SavedModel directory or an export directory
+  (its model.onnx, else its saved_model/; its model.tflite with backend "tflite").
   onnx_session(path, threads, optimization, layout) -> (session, run): every onnxruntime session of
   the toolkit (batch inference, evaluation, the parity gate at each graph optimization level).
   nonempty_batches(batches): the guard of every batch loop that calls a model (no empty batch).
@@ -23,10 +25,11 @@ import numpy as np
 
 from toolkit.messages import one_line
 
-BACKENDS = ("onnx", "savedmodel")
+BACKENDS = ("onnx", "savedmodel", "tflite")
 # The artifact names of an export directory (toolkit.export.ONNX_FILES["onnx"], SAVED_MODEL, LABELS);
 # repeated here to keep this module free of TensorFlow at import, and checked equal by a test.
 EXPORT_ONNX, EXPORT_SAVED_MODEL, EXPORT_LABELS = "model.onnx", "saved_model", "labels.txt"
+EXPORT_TFLITE = "model.tflite"
 PROBABILITIES = "probabilities"
 
 
@@ -58,9 +61,10 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
     if not os.path.exists(path):
         raise InferenceError(f"--model: {path} does not exist")
     if os.path.isfile(path):
-        if not path.endswith(".onnx"):
-            raise InferenceError(f"--model: {path} is neither an .onnx file nor a SavedModel or export directory")
-        found = {"onnx": path}
+        kind = {".onnx": "onnx", ".tflite": "tflite"}.get(os.path.splitext(path)[1])
+        if kind is None:
+            raise InferenceError(f"--model: {path} is neither an .onnx or .tflite file nor a SavedModel or export directory")
+        found = {kind: path}
     elif os.path.isfile(os.path.join(path, "saved_model.pb")):
         found = {"savedmodel": path}
     else:
@@ -69,12 +73,14 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
             found["onnx"] = os.path.join(path, EXPORT_ONNX)
         if os.path.isfile(os.path.join(path, EXPORT_SAVED_MODEL, "saved_model.pb")):
             found["savedmodel"] = os.path.join(path, EXPORT_SAVED_MODEL)
+        if os.path.isfile(os.path.join(path, EXPORT_TFLITE)):
+            found["tflite"] = os.path.join(path, EXPORT_TFLITE)
         if not found:
             raise InferenceError(f"--model: {path} holds no saved_model.pb, {EXPORT_ONNX} or {EXPORT_SAVED_MODEL}/")
     if backend == "auto":
-        backend = "onnx" if "onnx" in found else "savedmodel"  # an export's ONNX model is the faster one here
+        backend = next(b for b in BACKENDS if b in found)  # an export's ONNX model is the fastest one here
     if backend not in found:
-        kind = "an ONNX model" if backend == "onnx" else "a SavedModel"
+        kind = {"onnx": "an ONNX model", "savedmodel": "a SavedModel", "tflite": "a TFLite model"}[backend]
         raise InferenceError(f"--backend: {path} holds no {kind} for --backend {backend}")
     return backend, found[backend]
 
@@ -84,7 +90,7 @@ def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
 
     Args:
       path: what resolve_model accepts (an export dir, a saved_model/ dir, an .onnx file).
-      backend: "auto", "onnx" or "savedmodel".
+      backend: "auto", "onnx", "savedmodel" or "tflite".
       threads: compute threads (0: the library's default).
 
     Returns:
@@ -93,7 +99,8 @@ def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
     if threads < 0:
         raise InferenceError(f"--threads: must be 0 (default) or positive, got {threads}")
     backend, path = resolve_model(path, backend)
-    return _load_onnx(path, threads) if backend == "onnx" else _load_saved_model(path, threads)
+    loaders = {"onnx": _load_onnx, "savedmodel": _load_saved_model, "tflite": _load_tflite}
+    return loaders[backend](path, threads)
 
 
 def _labels_near(path: str) -> Optional[list]:
@@ -209,6 +216,52 @@ def _load_saved_model(path: str, threads: int) -> Model:
         return fn(**{input_name: tf.constant(images, tf.float32)})[PROBABILITIES].numpy()
 
     return Model("savedmodel", path, names, int(spec.shape[1]), run, loaded)
+
+
+TFLITE_SIGNATURE = "serving_default"
+
+
+def tflite_runner(path: str, threads: int = 0) -> tuple:
+    """(interpreter, run) of a .tflite classifier in the LiteRT interpreter (`ai_edge_litert`).
+
+    run(float32 NHWC images) -> {output name: array} through the serving_default signature, whose
+    runner resizes the batch axis to each call's batch. threads 0: LiteRT's default.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path, num_threads=threads or None)
+    signatures = interp.get_signature_list()
+    if TFLITE_SIGNATURE not in signatures:
+        raise ValueError(f"{path} has no {TFLITE_SIGNATURE} signature (it has {sorted(signatures)})")
+    runner = interp.get_signature_runner(TFLITE_SIGNATURE)
+    (input_name,) = signatures[TFLITE_SIGNATURE]["inputs"]
+
+    def run(images: np.ndarray) -> dict:
+        return runner(**{input_name: np.ascontiguousarray(images, dtype=np.float32)})
+
+    return interp, run
+
+
+def _load_tflite(path: str, threads: int) -> Model:
+    try:
+        interp, run_outputs = tflite_runner(path, threads)
+        runner = interp.get_signature_runner(TFLITE_SIGNATURE)
+        (spec,) = runner.get_input_details().values()
+    except Exception as e:  # noqa: BLE001 - LiteRT raises its own types for bad files
+        raise InferenceError(f"--model: cannot load {path}: {one_line(e)}") from e
+    shape = list(spec["shape_signature"])
+    if len(shape) != 4 or shape[1] <= 0 or shape[3] != 3:
+        raise InferenceError(f"--model: serving_default of {path} takes {shape}, not [batch, size, size, 3] images")
+    size = int(shape[1])
+    outputs = runner.get_output_details()
+    if PROBABILITIES not in outputs:
+        raise InferenceError(f"--model: {path} has no {PROBABILITIES} output in serving_default")
+    names = _class_names(None, int(outputs[PROBABILITIES]["shape"][-1]), path)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return run_outputs(images)[PROBABILITIES]
+
+    return Model("tflite", path, names, size, run, interp)
 
 
 def batch_rows(batch) -> int:
