@@ -75,7 +75,8 @@ def spread_predictions(model, paths: list) -> None:
 
 
 def tiny_export(tmp_path_factory) -> types.SimpleNamespace:
-    """model_dir + export of a random-weight ResNet50V2 at 32 px over CLASSES, built once per session."""
+    """model_dir + export (with model.tflite and a Triton repository in triton/) of a random-weight
+    ResNet50V2 at 32 px over CLASSES, built once per session."""
     if "export" in _CACHE:
         return _CACHE["export"]
     root = tmp_path_factory.mktemp("tiny_export")
@@ -94,11 +95,11 @@ def tiny_export(tmp_path_factory) -> types.SimpleNamespace:
         "toolkit_version": "0.1.0", "num_classes": len(CLASSES), "class_names": CLASSES, "image_size": SIZE,
         "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
-    result = exporting.export_model(model_dir, ExportConfig(parity_images=8), log=lambda _: None)
+    result = exporting.export_model(model_dir, ExportConfig(parity_images=8, tflite=True, triton_repo="triton"), log=lambda _: None)
     assert result["passed"], result["failures"]
     _CACHE["export"] = types.SimpleNamespace(
         dir=result["export_dir"], onnx=result["paths"]["onnx"], saved_model=os.path.join(result["export_dir"], "saved_model"),
-        model_dir=model_dir, data_dir=data_dir,
+        tflite=result["paths"]["tflite"], model_dir=model_dir, data_dir=data_dir, result=result,
     )
     return _CACHE["export"]
 

@@ -136,7 +136,8 @@ def exported(tmp_path_factory, demo):
     weights = make_run(model_dir, demo, "mixed_bfloat16")
     lines = []
     with global_policy("mixed_bfloat16"):  # the trainer's process still has its policy set
-        result = exporting.export_model(model_dir, ExportConfig(onnx_fp16=True, onnx_int8=True), log=lines.append)
+        result = exporting.export_model(model_dir, ExportConfig(onnx_fp16=True, onnx_int8=True, tflite=True, tflite_int8=True),
+                                        log=lines.append)
         policy_after = keras.mixed_precision.global_policy().name
     return types.SimpleNamespace(result=result, dir=result["export_dir"], model_dir=model_dir, weights=weights,
                                  lines=lines, policy_after=policy_after)
@@ -148,7 +149,8 @@ def test_export_writes_every_artifact_and_passes(exported):
     assert r["passed"] and r["failures"] == []
     assert r["export_dir"] == os.path.join(exported.model_dir, "export")  # the default place
     assert sorted(os.listdir(r["export_dir"])) == sorted(
-        ["saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "labels.txt", "parity.json", "export.json"]
+        ["saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
+         "labels.txt", "parity.json", "export.json", "MODEL_CARD.md"]
     )
     assert not [n for n in os.listdir(exported.model_dir) if ".tmp-" in n or ".old-" in n]
     umask = os.umask(0)
@@ -171,6 +173,7 @@ def test_parity_report_covers_every_pair_on_validation_and_random_batches(export
     assert set(report["pairs"]) == {
         "keras vs saved_model", "keras vs onnx", "saved_model vs onnx", "keras vs saved_model_bytes",
         "keras vs onnx_unoptimized", "saved_model vs onnx_unoptimized",
+        "keras vs tflite", "saved_model vs tflite", "onnx vs tflite", "onnx_unoptimized vs tflite",
     }
     for name, pair in report["pairs"].items():
         for set_name in ("validation", "random") if "bytes" not in name else ("validation",):
@@ -215,9 +218,9 @@ def test_the_onnx_file_says_which_onnxruntime_and_machine_proved_it(exported):
 
 def _copy_without_variants(exported, copy):
     """A copy of the shared export without its float16 and int8 models (quicker to re-check)."""
-    shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx"))
+    shutil.copytree(exported.dir, copy, ignore=shutil.ignore_patterns("model_fp16.onnx", "model_int8.onnx", "model_int8.tflite"))
     record = json.load(open(copy / "export.json"))
-    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in ("onnx_fp16", "onnx_int8")}
+    record["artifacts"] = {k: v for k, v in record["artifacts"].items() if k not in ("onnx_fp16", "onnx_int8", "tflite_int8")}
     (copy / "export.json").write_text(json.dumps(record))
 
 
@@ -285,6 +288,29 @@ def test_float16_and_int8_models_are_written_beside_with_agreement_and_accuracy(
         assert 0 <= v["top1_agreement"] <= 1 and 0 <= v["validation_accuracy"] <= 1
     assert report["variants"]["onnx_fp16"]["top1_agreement"] >= 0.9
     assert onnx_tools.read_metadata(paths["onnx_int8"])["weights_precision"].startswith("int8")
+
+
+@pytest.mark.slow
+def test_int8_tflite_is_calibrated_quantized_and_reported_beside_the_int8_onnx(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    paths, report = exported.result["paths"], exported.result["parity"]
+    interpreter = Interpreter(model_path=paths["tflite_int8"])
+    types = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in types  # quantized weights and activations inside
+    runner = interpreter.get_signature_runner("serving_default")
+    assert runner.get_input_details()["images"]["dtype"] == np.float32  # float32 input: clients change nothing
+    assert os.path.getsize(paths["tflite_int8"]) < os.path.getsize(paths["tflite"]) / 3
+    v = report["variants"]["tflite_int8"]
+    assert v["compared_with"] == "onnx" and v["images"] == 24 and 0 <= v["top1_agreement"] <= 1
+    assert "tflite_int8" not in {name for pair in report["pairs"] for name in pair.split(" vs ")}  # reported, not gated
+    record = json.load(open(paths["export_record"]))
+    assert record["formats"]["tflite_int8"] == {"file": "model_int8.tflite", "gated": False, "compared_with": "onnx",
+                                                "top1_agreement": v["top1_agreement"], "validation_accuracy": v["validation_accuracy"]}
+    assert record["formats"]["tflite"]["passed"] and record["seconds"]["tflite_int8"] > 0
+    assert any(line.startswith("export: model_int8.tflite written") for line in exported.lines)
+    card = open(paths["model_card"]).read()
+    assert "| tflite_int8 | model_int8.tflite | reported (vs onnx) |" in card and "| val | 24 | 6 | 6 | 6 | 6 |" in card
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """python -m toolkit.export: export a trained run (float32 SavedModel, ONNX, parity gate).
 
-  python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_fp16] [--onnx_int8] ...
+  python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_fp16] [--onnx_int8] [--tflite] [--tflite_int8]
+      [--triton_repo triton] ...
 
 A thin entry point over toolkit.exporting (the library; see its doc for what an export holds).
 Export flags given on the command line win; the others come from the run's recorded settings
@@ -21,7 +22,8 @@ from toolkit.config import ExportConfig  # noqa: E402
 # The library's names, importable from here until every caller imports toolkit.exporting.
 from toolkit.exporting import ExportError, ParityError, export_model  # noqa: E402,F401
 
-FLAGS_USED = ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8")
+FLAGS_USED = ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8",
+              "tflite", "tflite_int8", "triton_repo", "triton_max_batch_size")
 
 
 def config_from_flags(flag_values, record: dict) -> ExportConfig:

@@ -12,8 +12,11 @@ An export dir:
                     (toolkit_parity_*) the onnxruntime version and machine the parity gate ran on,
                     its verdict and each graph optimization level's: the oldest onnxruntime proven
   model_fp16.onnx, model_int8.onnx   with onnx_fp16 / onnx_int8
+  model.tflite, model_int8.tflite    with tflite / tflite_int8 (toolkit.tflite_tools; float32 gated in LiteRT)
+  saved_model/assets.extra/tf_serving_warmup_requests, the Triton repository (triton_repo) and
+                    MODEL_CARD.md: toolkit.deploy
   labels.txt, parity.json, export.json (status "passed" or "failed"; both record the onnxruntime
-                    version and the machine of the gate)
+                    version and the machine of the gate; export.json each format's result)
 
 Everything is written into a temporary directory beside the export dir and renamed into place
 at the end (toolkit.atomic.directory), so a crash never leaves a half export; a failed parity gate
@@ -33,11 +36,11 @@ import keras
 import tensorflow as tf
 
 import toolkit
-from toolkit import atomic, machine, onnx_tools, parity_gate, serving
+from toolkit import atomic, deploy, export_gate, onnx_tools, parity_gate, serving
 from toolkit import checkpoint as ckpt_lib
 from toolkit import config as config_lib
 from toolkit.config import ConfigError, ExportConfig
-from toolkit.data import records, shards
+from toolkit.data import shards
 from toolkit.messages import one_line
 from toolkit.models import resnet_v2
 
@@ -47,10 +50,7 @@ LABELS = "labels.txt"
 SAVED_MODEL = "saved_model"
 ONNX_FILES = {"onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 WEIGHTS = "model.weights.h5"
-CALIBRATION_IMAGES = 64  # training images for int8 calibration
-# The float32 ONNX model is gated at onnxruntime's default graph optimization level and with
-# optimizations off: onnxruntime 1.30 computed a trained model ~4.5e-2 off in logits only with them on.
-ONNX_LEVELS = {"onnx": "ORT_ENABLE_ALL", "onnx_unoptimized": "ORT_DISABLE_ALL"}
+CALIBRATION_IMAGES, ONNX_LEVELS = deploy.CALIBRATION_IMAGES, export_gate.ONNX_LEVELS
 
 
 class ExportError(ValueError):
@@ -133,7 +133,9 @@ def rebuild_float32(model_dir: str, record: dict) -> tuple:
             if source == weights:
                 model.load_weights(weights)
             else:
-                tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+                # a run with --ema_decay exports the weights' moving average (what model.weights.h5 holds)
+                key = "ema_model" if record.get("ema") else "model"
+                tf.train.Checkpoint(**{key: model}).restore(latest).expect_partial().assert_existing_objects_matched()
         except Exception as e:  # noqa: BLE001 - any unreadable weights are a bad model_dir
             raise ExportError(f"--model_dir: cannot load the weights in {source}: {one_line(e)}") from e
     finally:
@@ -170,19 +172,27 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
     target = os.path.abspath(config.export_dir or os.path.join(model_dir, "export"))
     _check_target(target)
     info = _dataset(record, data_dir)
-    if config.onnx_int8 and "train" not in info.files:
-        raise ExportError(f"--onnx_int8: {info.data_dir} has no training shards to calibrate on")
+    int8 = [f for f in ("onnx_int8", "tflite_int8") if getattr(config, f)]
+    if int8 and "train" not in info.files:
+        raise ExportError(f"--{int8[0]}: {info.data_dir} has no training shards to calibrate on")
     seconds = {}
     with atomic.directory(target) as tmp:
         model, source = _timed(seconds, "rebuild", rebuild_float32, model_dir, record)
         log(f"export: rebuilt ResNet{record['depth']}V2 {record['image_size']}px in float32 from {source} "
             f"(trained as {record.get('precision', '?')})")
-        onnx_paths = _write_formats(tmp, model, record, info, config, seconds, log)
-        report = _timed(seconds, "parity", _gate, model, tmp, onnx_paths, config.onnx_layout, record, info,
-                        config.parity_images, config.parity_atol)
-        seconds["total"] = _lap(start)
+        paths = _write_formats(tmp, model, record, info, config, seconds, log)
+        try:
+            extras = deploy.write_before_gate(tmp, os.path.join(tmp, SAVED_MODEL), record, info, config, seconds, log)
+        except ValueError as e:
+            raise ExportError(one_line(e)) from e
+        paths.update({k: os.path.join(tmp, v) for k, v in extras.items() if k != "serving_warmup"})
+        report = _timed(seconds, "parity", export_gate.gate, model, os.path.join(tmp, SAVED_MODEL), paths, config.onnx_layout,
+                        record, info, config.parity_images, config.parity_atol)
         atomic.write_json(os.path.join(tmp, PARITY_REPORT), report)
-        export_record = _export_record(model_dir, source, record, config, onnx_paths, report, seconds)
+        export_record = _export_record(model_dir, source, record, config, paths, report, seconds)
+        export_record.update(data=deploy.data_facts(info), artifacts={**export_record["artifacts"], **extras})
+        deploy.write_after_gate(tmp, export_record, config, model_dir)
+        seconds["total"] = _lap(start)
         atomic.write_json(os.path.join(tmp, EXPORT_RECORD), export_record)
     result = _result(target, export_record, report)
     for line in parity_gate.summary_lines(report):
@@ -220,21 +230,14 @@ def _write_formats(tmp: str, model, record: dict, info: shards.DatasetInfo, conf
 
 def _quantize(tmp: str, record: dict, info: shards.DatasetInfo, layout: str) -> None:
     """model_int8.onnx in `tmp`, calibrated on the first CALIBRATION_IMAGES training images."""
-    batches = records.image_batches(info.split_files("train"), record["image_size"], CALIBRATION_IMAGES, 8, _label_offset(record))
     try:
-        onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]), (b[0] for b in batches), layout)
+        onnx_tools.quantize_int8(os.path.join(tmp, ONNX_FILES["onnx"]), os.path.join(tmp, ONNX_FILES["onnx_int8"]),
+                                 deploy.calibration_batches(record, info), layout)
     except ValueError as e:  # no calibration images: the training shards are empty
         raise ExportError(f"--onnx_int8: {one_line(e)} in {info.data_dir}") from e
 
 
-def _gate(model, export_dir: str, onnx_paths: dict, layout: str, record: dict, info, parity_images: int, atol: float) -> dict:
-    """The parity report of the formats in `export_dir`, also recorded in model.onnx's metadata."""
-    report = _measure(model, os.path.join(export_dir, SAVED_MODEL), onnx_paths, layout, record, info, parity_images, atol)
-    _record_proof(onnx_paths["onnx"], report)
-    return report
-
-
-def _export_record(model_dir: str, source: str, record: dict, config: ExportConfig, onnx_paths: dict, report: dict, seconds: dict) -> dict:
+def _export_record(model_dir: str, source: str, record: dict, config: ExportConfig, paths: dict, report: dict, seconds: dict) -> dict:
     """What export.json holds: status, provenance, the model's interface and the artifacts."""
     size, names = record["image_size"], list(record["class_names"])
     return {
@@ -243,6 +246,7 @@ def _export_record(model_dir: str, source: str, record: dict, config: ExportConf
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_dir": os.path.abspath(model_dir),
         "weights": os.path.abspath(source),
+        "weights_kind": "ema" if record.get("ema") else "raw",  # the moving average (--ema_decay) or the raw weights
         "toolkit_version": toolkit.__version__,
         "trained_with_toolkit_version": record.get("toolkit_version"),
         "trained_precision": record.get("precision"),
@@ -254,10 +258,13 @@ def _export_record(model_dir: str, source: str, record: dict, config: ExportConf
         "input": {"dtype": "float32", "range": [0, 255], "preprocessing": onnx_tools.preprocessing_text(size, "nhwc")},
         "saved_model": {"dir": SAVED_MODEL, "signatures": {"serving_default": "images -> probabilities, logits", serving.BYTES_SIGNATURE: "image_bytes -> probabilities, logits"}},
         "onnx": {"opset": config.opset, "layout": config.onnx_layout, "input": onnx_tools.INPUT_NAME, "outputs": list(onnx_tools.OUTPUT_NAMES)},
-        "artifacts": {"saved_model": SAVED_MODEL, **{k: ONNX_FILES[k] for k in onnx_paths}, "labels": LABELS, "parity": PARITY_REPORT},
+        "tflite": {"signature": "serving_default", "input": "images", "outputs": ["probabilities", "logits"]} if config.tflite or config.tflite_int8 else None,
+        "artifacts": {"saved_model": SAVED_MODEL, **{k: os.path.basename(p) for k, p in paths.items()}, "labels": LABELS, "parity": PARITY_REPORT},
+        "formats": export_gate.format_results(report, deploy.format_files(paths)),
         "config": dataclasses.asdict(config),
         "seconds": seconds,
         "onnxruntime": report["onnxruntime"],
+        "litert": report["litert"],
         "machine": report["machine"],
     }
 
@@ -287,10 +294,9 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
             export_record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ExportError(f"--export_dir: cannot read {path}: {one_line(e)}") from e
-    artifacts = export_record.get("artifacts", {})
-    onnx_paths = {k: os.path.join(export_dir, artifacts[k]) for k in ONNX_FILES if k in artifacts}
-    onnx_paths.setdefault("onnx", os.path.join(export_dir, ONNX_FILES["onnx"]))
-    for needed in (os.path.join(export_dir, SAVED_MODEL), *onnx_paths.values()):
+    paths = export_gate.model_files(export_dir, export_record.get("artifacts", {}))
+    paths.setdefault("onnx", os.path.join(export_dir, ONNX_FILES["onnx"]))
+    for needed in (os.path.join(export_dir, SAVED_MODEL), *paths.values()):
         if not os.path.exists(needed):
             raise ExportError(f"--export_dir: {needed} is missing; is {export_dir} a complete export?")
     model_dir = model_dir or export_record.get("model_dir", "")
@@ -298,43 +304,18 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
     info = _dataset(record, data_dir)
     model, _ = rebuild_float32(model_dir, record)
     layout = export_record.get("onnx", {}).get("layout", "nhwc")
-    report = _gate(model, export_dir, onnx_paths, layout, record, info, parity_images, atol)
+    report = export_gate.gate(model, os.path.join(export_dir, SAVED_MODEL), paths, layout, record, info, parity_images, atol)
     atomic.write_json(os.path.join(export_dir, PARITY_REPORT), report)
     export_record.update(status="passed" if report["passed"] else "failed", failures=report["failures"], verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         onnxruntime=report["onnxruntime"], machine=report["machine"])
+                         onnxruntime=report["onnxruntime"], litert=report["litert"], machine=report["machine"],
+                         formats=export_gate.format_results(report, deploy.format_files(paths)))
+    if "model_card" in export_record.get("artifacts", {}):
+        deploy.write_model_card(export_dir, export_record, model_dir)
     atomic.write_json(path, export_record)
     for line in parity_gate.summary_lines(report):
         log(line)
     log(f"parity: {export_record['status']} for {export_dir}")
     return _result(os.path.abspath(export_dir), export_record, report)
-
-
-def _measure(model, saved_model_dir, onnx_paths, layout, record, info, parity_images, atol) -> dict:
-    """The parity report, with the onnxruntime version, each optimization level's verdict and the machine."""
-    size = record["image_size"]
-    images_runner, bytes_runner = serving.saved_model_runners(saved_model_dir)
-    runners = {"keras": serving.keras_runner(model), "saved_model": images_runner}
-    for name, level in ONNX_LEVELS.items():
-        runners[name] = onnx_tools.session_runner(onnx_paths["onnx"], layout, level)
-    variants = {k: onnx_tools.session_runner(p, layout) for k, p in onnx_paths.items() if k != "onnx"}
-    validation = records.image_batches(info.split_files("val"), size, parity_images, label_offset=_label_offset(record))
-    report = parity_gate.measure(runners, validation, parity_gate.random_images(size), atol, ("saved_model_bytes", "keras", bytes_runner), variants,
-                                  unpaired=[tuple(ONNX_LEVELS)])  # each level is judged against Keras and the SavedModel
-    verdicts = parity_gate.format_verdicts(report, ONNX_LEVELS)
-    report["onnxruntime"] = onnx_tools.onnxruntime_version()
-    report["onnxruntime_optimization_levels"] = {level: {"format": name, "passed": verdicts[name]} for name, level in ONNX_LEVELS.items()}
-    report["machine"] = machine.describe()
-    return report
-
-
-def _record_proof(onnx_path: str, report: dict) -> None:
-    """Write into model.onnx which onnxruntime (the oldest version it is proven on) and machine the gate ran on."""
-    onnx_tools.update_metadata(onnx_path, {
-        "toolkit_parity_onnxruntime": report["onnxruntime"],
-        "toolkit_parity_passed": "true" if report["passed"] else "false",
-        "toolkit_parity_optimization_levels": json.dumps({k: v["passed"] for k, v in report["onnxruntime_optimization_levels"].items()}),
-        "toolkit_parity_machine": json.dumps(report["machine"]),
-    })
 
 
 def _result(target: str, export_record: dict, report: dict) -> dict:
@@ -382,10 +363,6 @@ def _dataset(record: dict, data_dir: str | None) -> shards.DatasetInfo:
     except ValueError as e:
         raise ExportError(f"{one_line(e)} (the parity gate needs the run's validation images; pass --data_dir)") from e
     return info
-
-
-def _label_offset(record: dict) -> int:
-    return int(record.get("config", {}).get("data", {}).get("label_offset", 0))
 
 
 def _lap(start: float) -> float:

@@ -1,0 +1,187 @@
+"""The deployment artifacts of an export (toolkit.deploy): the TFLite model in LiteRT and in the
+parity gate, the Triton repository parsed with Triton's own model-config protobuf (tritonclient),
+the TF Serving warm-up requests read back with tensorflow-serving-api and replayed, the model card.
+
+Uses the shared tiny export of inference_helpers (32 px, model.tflite, triton/); the int8 TFLite
+model is covered with the other int8 model in test_export.py.
+"""
+
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+
+import inference_helpers as ih
+from toolkit import deploy, exporting, model_card, runtimes, serving_warmup, tflite_tools
+from toolkit.config import ExportConfig
+
+ONNX_TYPES = {"tensor(float)": "TYPE_FP32"}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return ih.tiny_export(tmp_path_factory)
+
+
+def model_config_proto():
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+@pytest.mark.slow
+def test_the_triton_configs_parse_and_match_the_model_files(model):
+    mc = model_config_proto()
+    repo = os.path.join(model.dir, "triton")
+    assert sorted(os.listdir(repo)) == ["resnet50v2", "resnet50v2_savedmodel"]
+    session = ort.InferenceSession(os.path.join(repo, "resnet50v2", "1", "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_io = {"input": [(i.name, ONNX_TYPES[i.type], i.shape[1:]) for i in session.get_inputs()],
+               "output": sorted((o.name, ONNX_TYPES[o.type], o.shape[1:]) for o in session.get_outputs())}
+    expected = {  # the SavedModel: hand-set, what ServingModule declares
+        "input": [("images", "TYPE_FP32", [ih.SIZE, ih.SIZE, 3])],
+        "output": [("logits", "TYPE_FP32", [2]), ("probabilities", "TYPE_FP32", [2])],
+    }
+    assert onnx_io == expected
+    for name, platform in (("resnet50v2", "onnxruntime_onnx"), ("resnet50v2_savedmodel", "tensorflow_savedmodel")):
+        text = open(os.path.join(repo, name, "config.pbtxt")).read()
+        config = text_format.Parse(text, mc.ModelConfig())
+        assert (config.name, config.platform, config.max_batch_size) == (name, platform, 32)
+        assert config.HasField("dynamic_batching")
+        got = {
+            "input": [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in config.input],
+            "output": sorted((o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in config.output),
+        }
+        assert got == expected, name
+        labelled = {o.name: o.label_filename for o in config.output}
+        assert labelled == {"probabilities": "labels.txt", "logits": ""}
+        assert open(os.path.join(repo, name, "labels.txt")).read().split() == ih.CLASSES
+    assert filecmp.cmp(os.path.join(repo, "resnet50v2", "1", "model.onnx"), model.onnx, shallow=False)
+    loaded = tf.saved_model.load(os.path.join(repo, "resnet50v2_savedmodel", "1", "model.savedmodel"))
+    fn = loaded.signatures["serving_default"]
+    assert sorted(fn.structured_outputs) == ["logits", "probabilities"]
+    assert fn.structured_input_signature[1]["images"].shape.as_list() == [None, ih.SIZE, ih.SIZE, 3]
+    record = json.load(open(os.path.join(model.dir, "export.json")))
+    assert record["artifacts"]["triton_repo"] == "triton"
+    assert set(record["triton"]["models"]) == {"resnet50v2", "resnet50v2_savedmodel"}
+
+
+def test_a_broken_config_is_refused_by_the_triton_proto():
+    mc = model_config_proto()
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse('name: "m" input [ { name: "images" data_type: TYPE_FLOAT32 dims: [ 3 ] } ]', mc.ModelConfig())
+
+
+@pytest.mark.slow
+def test_warmup_requests_read_back_and_replay_through_the_saved_model(model):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(model.saved_model, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    assert len(logs) == serving_warmup.WARMUP_IMAGES + 1
+    requests = [entry.predict_log.request for entry in logs]
+    assert [r.model_spec.signature_name for r in requests] == ["serving_bytes"] * 4 + ["serving_default"]
+    shard = os.path.join(model.data_dir, "val-00000-of-00001.tfrecord")  # the first real validation photos, as stored
+    stored = [tf.train.Example.FromString(r.numpy()).features.feature["image/encoded"].bytes_list.value[0]
+              for r in tf.data.TFRecordDataset(shard).take(4)]
+    assert [tf.make_ndarray(r.inputs["image_bytes"]).tolist() for r in requests[:4]] == [[b] for b in stored]
+    batch = tf.make_ndarray(requests[4].inputs["images"])
+    assert batch.shape == (4, ih.SIZE, ih.SIZE, 3) and batch.dtype == np.float32
+
+    loaded = tf.saved_model.load(model.saved_model)
+    replies = [loaded.signatures[r.model_spec.signature_name](**{k: tf.constant(tf.make_ndarray(v)) for k, v in r.inputs.items()})
+               for r in requests]
+    from_bytes = np.concatenate([reply["probabilities"].numpy() for reply in replies[:4]])
+    np.testing.assert_allclose(replies[4]["probabilities"].numpy(), from_bytes, atol=1e-5)
+    np.testing.assert_allclose(from_bytes, ih.saved_model_probabilities(model.saved_model, ih.photos("ants", 4)), atol=1e-5)
+    assert json.load(open(os.path.join(model.dir, "export.json")))["artifacts"]["serving_warmup"] == deploy.WARMUP
+
+
+@pytest.mark.slow
+def test_the_tflite_model_runs_in_litert_like_the_saved_model(model):
+    loaded = runtimes.load_model(model.tflite)
+    assert (loaded.backend, loaded.class_names, loaded.image_size) == ("tflite", tuple(ih.CLASSES), ih.SIZE)
+    paths = ih.photos("ants", 3) + ih.photos("bees", 3)
+    from toolkit.data import preprocess
+
+    images = np.stack([preprocess.eval_image(open(p, "rb").read(), ih.SIZE).numpy() for p in paths])
+    np.testing.assert_allclose(loaded(images), ih.saved_model_probabilities(model.saved_model, paths), atol=1e-4)
+    assert loaded(images[:1]).shape == (1, 2)  # the batch axis follows each call
+    report = model.result["parity"]
+    for other in ("keras", "saved_model", "onnx", "onnx_unoptimized"):
+        pair = report["pairs"][f"{other} vs tflite"]
+        assert pair["passed"] and pair["validation"]["images"] == 8 and pair["random"]["images"] == 40
+    assert report["litert"] and json.load(open(os.path.join(model.dir, "export.json")))["formats"]["tflite"]["passed"]
+
+
+@pytest.mark.slow
+def test_the_gate_fails_when_the_tflite_model_disagrees(model, tmp_path, monkeypatch):
+    copy = tmp_path / "export"
+    shutil.copytree(model.dir, copy, ignore=shutil.ignore_patterns("triton"))
+    real = tflite_tools.gate_runner
+
+    def shifted(path):
+        run = real(path)
+
+        def off(images):
+            probabilities, logits = run(images)
+            logits = logits + np.float32(0.05) * (np.arange(logits.shape[1]) == 0)
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True), logits
+
+        return off
+
+    monkeypatch.setattr(tflite_tools, "gate_runner", shifted)
+    result = exporting.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    report = result["parity"]
+    assert not result["passed"] and report["failures"] and all("tflite" in line for line in report["failures"])
+    assert report["pairs"]["keras vs onnx"]["passed"] and not report["pairs"]["keras vs tflite"]["passed"]
+    record = json.load(open(copy / "export.json"))
+    assert record["status"] == "failed" and not record["formats"]["tflite"]["passed"] and record["formats"]["onnx"]["passed"]
+    card = open(copy / "MODEL_CARD.md").read()
+    assert "Parity gate: **failed**" in card and "| tflite | model.tflite | FAILED |" in card
+
+
+def test_tflite_int8_without_training_images_stops_before_any_work(model, tmp_path):
+    target = tmp_path / "export"
+    with pytest.raises(exporting.ExportError, match=r"^--tflite_int8: .* no training shards"):
+        exporting.export_model(model.model_dir, ExportConfig(export_dir=str(target), tflite_int8=True), log=lambda _: None)
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_the_model_card_says_what_a_reviewer_needs():
+    record = {
+        "status": "passed", "failures": [], "created": "2026-01-02T03:04:05+0000", "toolkit_version": "0.1.0",
+        "weights": "/runs/a/model.weights.h5", "depth": 50, "class_names": ["ants", "bees"], "image_size": 224,
+        "trained_precision": "bf16", "exported_dtype": "float32",
+        "input": {"dtype": "float32", "range": [0, 255], "preprocessing": "decode; crop 0.875; resize bilinear"},
+        "onnx": {"layout": "nchw"}, "config": {"parity_atol": 1e-4}, "onnxruntime": "1.32.0", "litert": "2.3.0",
+        "machine": {"cpu": "Xeon", "cpu_features": ["amx_bf16"], "onednn": "on", "gpus": [], "tensorflow": "2.21.0"},
+        "data": {"source": "photos/", "splits": {"train": {"count": 245, "per_class": {"ants": 124, "bees": 121}},
+                                                 "val": {"count": 153, "per_class": {"ants": 70, "bees": 83}}}},
+        "formats": {"tflite": {"file": "model.tflite", "gated": True, "passed": True, "max_abs_diff_probabilities": 3e-7,
+                               "validation_accuracy": 0.9},
+                    "tflite_int8": {"file": "model_int8.tflite", "gated": False, "compared_with": "onnx",
+                                    "top1_agreement": 0.98, "validation_accuracy": 0.89}},
+    }
+    summary = {"val_top1": 0.9, "val_top5": 1.0, "val_loss": 0.31, "val_images": 153, "best_val_top1": 0.91, "best_epoch": 7,
+               "epochs": 10, "train_images": 245, "machine": {"cpu": "EPYC", "onednn": "off"}}
+    confusion = {"per_class": [{"class": "ants", "support": 70, "precision": 0.95, "recall": 0.85},
+                               {"class": "bees", "support": 83, "precision": 0.88, "recall": 0.96}]}
+    card = model_card.render(record, summary, confusion)
+    for line in ("| train | 245 | 124 | 121 |", "| val | 153 | 70 | 83 |", "| validation | 153 | 0.9000 | 1.0000 | 0.3100 |",
+                 "| ants | 70 | 0.9500 | 0.8500 |", "| bees | 83 | 0.8800 | 0.9600 |",
+                 "| tflite | model.tflite | ok | 3.00e-07 | - | 0.9000 |",
+                 "| tflite_int8 | model_int8.tflite | reported (vs onnx) | - | 0.9800 | 0.8900 |"):
+        assert line in card.splitlines(), line
+    for words in ("`ants`, `bees`", "Trained as bf16", "float32 [batch, 224, 224, 3]", "model.onnx: NCHW",
+                  "decode; crop 0.875; resize bilinear", "exported and gated on: Xeon (amx_bf16), oneDNN on",
+                  "trained on: EPYC", "LiteRT 2.3.0", "No test split was evaluated", "## Intended use", "## Known limits"):
+        assert words in card, words
+    bare = model_card.render({**record, "data": {}}, None, None)
+    assert "metrics of training are unknown" in bare and "Counts per split were not recorded" in bare

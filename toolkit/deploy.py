@@ -1,0 +1,112 @@
+"""The export's deployment artifacts beyond the SavedModel and ONNX: TFLite, TF Serving warm-up, a
+Triton model repository and the model card. toolkit.exporting calls these inside its temporary
+export directory, so they are placed atomically with the rest:
+  before the parity gate   model.tflite, model_int8.tflite (--tflite, --tflite_int8),
+                           saved_model/assets.extra/tf_serving_warmup_requests (always)
+  after it                 the Triton repository (--triton_repo; model.onnx holds its proof by then),
+                           MODEL_CARD.md (from export.json, summary.json and confusion_matrix.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from toolkit import atomic, export_gate, model_card, serving_warmup, tflite_tools, triton
+from toolkit.config import ExportConfig
+from toolkit.data import records
+
+TFLITE_FILES = {"tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
+WARMUP = f"saved_model/{serving_warmup.WARMUP_DIR}/{serving_warmup.WARMUP_FILE}"
+MODEL_CARD = "MODEL_CARD.md"
+CALIBRATION_IMAGES = 64  # training images for int8 calibration (ONNX and TFLite alike)
+CALIBRATION_BATCH = 8
+
+
+def calibration_batches(record: dict, info):
+    """The int8 calibration images: the first CALIBRATION_IMAGES training images, float32 NHWC [0, 255]."""
+    batches = records.image_batches(info.split_files("train"), record["image_size"], CALIBRATION_IMAGES, CALIBRATION_BATCH,
+                                    export_gate.label_offset(record))
+    return (b[0] for b in batches)
+
+
+def write_before_gate(tmp: str, saved_model_dir: str, record: dict, info, config: ExportConfig, seconds: dict, log) -> dict:
+    """The TFLite models and the warm-up requests in `tmp`; returns {artifact key: path relative to tmp}.
+
+    Raises:
+      ValueError: no images to calibrate on or to warm up with (one line naming the flag).
+    """
+    written = {}
+    for key, wanted in (("tflite", config.tflite), ("tflite_int8", config.tflite_int8)):
+        if not wanted:
+            continue
+        start = time.time()
+        calibration = calibration_batches(record, info) if key == "tflite_int8" else None
+        try:
+            size = tflite_tools.convert(saved_model_dir, os.path.join(tmp, TFLITE_FILES[key]), calibration)
+        except ValueError as e:
+            raise ValueError(f"--{key}: {e} in {info.data_dir}") from e
+        seconds[key] = round(time.time() - start, 2)
+        log(f"export: {TFLITE_FILES[key]} written ({size / 1e6:.1f} MB, {seconds[key]:.0f} s)")
+        written[key] = TFLITE_FILES[key]
+    start = time.time()
+    batch = next(records.image_batches(info.split_files("val"), record["image_size"], serving_warmup.WARMUP_IMAGES,
+                                       serving_warmup.WARMUP_IMAGES, export_gate.label_offset(record)), None)
+    if batch is None:
+        raise ValueError(f"--data_dir: {info.data_dir} has no validation images for the TF Serving warm-up requests")
+    serving_warmup.write(saved_model_dir, batch[0], batch[1])
+    seconds["serving_warmup"] = round(time.time() - start, 2)
+    written["serving_warmup"] = WARMUP
+    return written
+
+
+def write_after_gate(tmp: str, export_record: dict, config: ExportConfig, model_dir: str) -> None:
+    """The Triton repository (when asked) and MODEL_CARD.md in `tmp`; export_record gains their entries.
+
+    Call it with the export record complete but for these two; write export.json afterwards.
+    """
+    artifacts = export_record["artifacts"]
+    if config.triton_repo:
+        name = f"resnet{export_record['depth']}v2"
+        models = triton.write_repository(os.path.join(tmp, config.triton_repo), name, os.path.join(tmp, artifacts["onnx"]),
+                                         os.path.join(tmp, artifacts["saved_model"]), os.path.join(tmp, artifacts["labels"]),
+                                         config.triton_max_batch_size)
+        artifacts["triton_repo"] = config.triton_repo
+        export_record["triton"] = {"repository": config.triton_repo, "max_batch_size": config.triton_max_batch_size,
+                                   "dynamic_batching": True, "models": models}
+    artifacts["model_card"] = MODEL_CARD
+    write_model_card(tmp, export_record, model_dir)
+
+
+def write_model_card(export_dir: str, export_record: dict, model_dir: str) -> None:
+    """MODEL_CARD.md in `export_dir`, from the export record and the run's summary.json and confusion_matrix.json."""
+    summary, confusion = (_read_json(os.path.join(model_dir, name)) for name in ("summary.json", "confusion_matrix.json"))
+    atomic.write_text(os.path.join(export_dir, MODEL_CARD), model_card.render(export_record, summary, confusion))
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def data_facts(info) -> dict:
+    """The dataset of the run for export.json: source and counts per split and class (from its manifest)."""
+    splits = info.manifest.get("splits", {})
+    return {
+        "data_dir": info.data_dir,
+        "source": info.manifest.get("source"),
+        "splits": {split: {"count": s.get("count", 0), "per_class": s.get("per_class", {})} for split, s in splits.items()},
+    }
+
+
+def format_files(paths: dict) -> dict:
+    """{format: its file, relative to the export dir} of every format the gate compares."""
+    files = {"keras": "(the trained weights, rebuilt in float32)", "saved_model": "saved_model (serving_default)",
+             "saved_model_bytes": "saved_model (serving_bytes)", "onnx": "model.onnx (ORT_ENABLE_ALL)",
+             "onnx_unoptimized": "model.onnx (ORT_DISABLE_ALL)"}
+    files.update({k: os.path.basename(p) for k, p in paths.items() if k != "onnx"})
+    return files
