@@ -154,3 +154,75 @@ def test_deterministic_training_batches_repeat_exactly(photos):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     assert not np.array_equal(a[0][0], a[3][0])  # and epochs differ
+
+
+def train_batches(data_dir, count, **kw):
+    """`count` training batches of the photos fixture (3 per epoch), deterministic, as numpy."""
+    info = shards.read_dataset_info(str(data_dir))
+    options = {"start_epoch": kw.pop("start_epoch", 0), "skip_steps": kw.pop("skip_steps", 0),
+               "num_classes": kw.pop("num_classes", 0)}
+    config = DataConfig(data_dir=str(data_dir), image_size=32, batch_size=3, deterministic=True, shuffle_buffer=4,
+                        **{"seed": 5, **kw})
+    ds = pipeline.make_train_dataset(config, info.split_files("train"), steps_per_epoch=3, **options)
+    return ds, list(ds.take(count).as_numpy_iterator())
+
+
+MIX = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8, "num_classes": 2}
+
+
+def test_without_mixing_labels_stay_int32_class_ids(photos):
+    ds, batches = train_batches(photos[1], 1, num_classes=2)
+    assert ds.element_spec == (tf.TensorSpec([3, 32, 32, 3], tf.float32), tf.TensorSpec([3], tf.int32))
+
+
+def test_mixing_gives_soft_labels_and_needs_the_class_count(photos):
+    ds, batches = train_batches(photos[1], 6, **MIX)
+    assert ds.element_spec == (tf.TensorSpec([3, 32, 32, 3], tf.float32), tf.TensorSpec([3, 2], tf.float32))
+    plain = train_batches(photos[1], 6)[1]
+    for (x, y), (px, py) in zip(batches, plain):
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+        assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6
+    assert any(not np.array_equal(x, px) for (x, _), (px, _) in zip(batches, plain))  # some batch was mixed
+    assert any(((y > 0) & (y < 1)).any() for _, y in batches)
+    with pytest.raises(ValueError, match="--mixup_alpha/--cutmix_alpha"):
+        train_batches(photos[1], 1, mixup_alpha=0.2)
+
+
+@pytest.mark.parametrize("start_epoch, skip_steps", [(0, 2), (1, 1)])
+def test_a_resumed_run_sees_the_same_mixed_and_augmented_batches(photos, start_epoch, skip_steps):
+    """Skipping the first steps (a resume) yields the tail of the uninterrupted batches, bit for bit."""
+    settings = {**MIX, "randaugment": "2,9"}
+    full = train_batches(photos[1], 7, **settings)[1]
+    resumed = train_batches(photos[1], 7 - 3 * start_epoch - skip_steps, start_epoch=start_epoch,
+                            skip_steps=skip_steps, **settings)[1]
+    tail = full[3 * start_epoch + skip_steps:]
+    assert len(resumed) == len(tail) > 0
+    for (x, y), (tx, ty) in zip(resumed, tail):
+        np.testing.assert_array_equal(x, tx)
+        np.testing.assert_array_equal(y, ty)
+    if start_epoch == 0:
+        other_seed = train_batches(photos[1], 7, **{**settings, "seed": 6})[1]
+        assert not np.array_equal(full[-1][0], other_seed[-1][0])
+
+
+def test_randaugment_changes_pixels_and_follows_the_seed(photos):
+    plain = train_batches(photos[1], 3)[1]
+    augmented = train_batches(photos[1], 3, randaugment="2,9")[1]
+    again = train_batches(photos[1], 3, randaugment="2,9")[1]
+    reseeded = train_batches(photos[1], 3, randaugment="2,9", seed=6)[1]
+    for (x, y), (ax, ay), (gx, gy) in zip(plain, augmented, again):
+        np.testing.assert_array_equal(y, ay)  # same records in the same order: labels unchanged
+        np.testing.assert_array_equal(ax, gx)
+        np.testing.assert_array_equal(ay, gy)
+    changed = [not np.array_equal(x[i], ax[i]) for (x, _), (ax, _) in zip(plain, augmented) for i in range(3)]
+    assert sum(changed) >= 5  # of 9 images; each is left alone with probability 1/4
+    assert not np.array_equal(augmented[0][0], reseeded[0][0])
+
+
+def test_randaugment_keeps_the_crop_and_flip_seeds():
+    """train_image splits the element seed in three with RandAugment, in two without; the first
+    two must be the same so that turning RandAugment on changes nothing else."""
+    for seed in ((0, 0), (5, 123), (-7, 1 << 40)):
+        s = tf.constant(seed, tf.int64)
+        three = tf.random.experimental.stateless_split(s, num=3).numpy()
+        np.testing.assert_array_equal(three[:2], tf.random.experimental.stateless_split(s, num=2).numpy())

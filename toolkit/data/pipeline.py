@@ -1,9 +1,10 @@
 """tf.data input pipelines over TFRecord shards, aware of tf.distribute input contexts.
 
 Training: file-level sharding per input pipeline (worker), parallel interleave, optional cache,
-seeded shuffle, an exact number of batches per epoch, decode-and-crop + flip + resize +
-normalize, batch with drop_remainder, prefetch. One dataset spans every remaining epoch so a
-cache survives epoch boundaries and a resume can start mid-epoch (`skip_steps`).
+seeded shuffle, an exact number of batches per epoch, decode-and-crop + flip + resize
+(+ RandAugment) + normalize, batch with drop_remainder (+ mixup/CutMix per batch), prefetch.
+One dataset spans every remaining epoch so a cache survives epoch boundaries and a resume can
+start mid-epoch (`skip_steps`).
 
 Evaluation: the same shards read in order, `preprocess.eval_input` (center crop, no randomness),
 partial last batch kept.
@@ -15,8 +16,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from toolkit.config import DataConfig
-from toolkit.data import augment, preprocess, schema
+from toolkit.config import DataConfig, parse_randaugment
+from toolkit.data import augment, mixing, preprocess, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 READ_BUFFER_BYTES = 8 << 20
@@ -94,11 +95,15 @@ def make_train_dataset(
     input_context: Optional[tf.distribute.InputContext] = None,
     start_epoch: int = 0,
     skip_steps: int = 0,
+    num_classes: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of (normalized images, int32 labels) for every epoch from `start_epoch` on.
+    """Batches of (normalized images, labels) for every epoch from `start_epoch` on.
 
     Each epoch yields exactly `steps_per_epoch` batches per replica (files of a short shard wrap
-    around), so every worker agrees on when an epoch ends.
+    around), so every worker agrees on when an epoch ends. Labels are int32 [b] class ids, or,
+    when mixup or CutMix is on, float32 [b, num_classes] soft labels (toolkit.data.mixing; every
+    batch, mixed or not). Augmentation and mixing seeds follow from (seed, epoch, position), so
+    a resume with `skip_steps` yields exactly the batches the uninterrupted run would have.
 
     Args:
       config: the DataConfig (image size, batch size, augmentation, seed, reader settings).
@@ -108,10 +113,15 @@ def make_train_dataset(
       start_epoch: the first epoch to yield (its shuffle and augmentation seeds follow from it).
       skip_steps: the first steps of `start_epoch` dropped without decoding them: the exact
         resume point of a checkpoint.
+      num_classes: the number of classes; needed (> 0) only when mixing is on.
 
     Returns:
       An infinite tf.data.Dataset.
+
+    Raises:
+      ValueError: mixing is on and num_classes is not positive.
     """
+    mix = mixing.from_config(config, num_classes)
     num_pipelines, pipeline_id, replicas_here = _pipeline_position(input_context)
     batch = _per_replica_batch(config, input_context)
     records_per_epoch = steps_per_epoch * batch * replicas_here
@@ -134,16 +144,37 @@ def make_train_dataset(
     if skip_steps:
         ds = ds.skip(skip_steps * batch * replicas_here)
 
+    randaugment = parse_randaugment(config.randaugment)
+
     def parse(epoch, index, record):
         ex = schema.parse_example(record)
         element_seed = tf.stack([seed * 1000003 + epoch, index + pipeline_id * (1 << 40)])
-        image = augment.train_image(ex[schema.ENCODED], image_size, element_seed, config.crop_min_scale)
+        image = augment.train_image(ex[schema.ENCODED], image_size, element_seed, config.crop_min_scale, randaugment)
         label = tf.cast(ex[schema.LABEL] - config.label_offset, tf.int32)
-        return preprocess.normalize(image), label
+        if mix is None:
+            return preprocess.normalize(image), label
+        return preprocess.normalize(image), label, epoch, index
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or None)
     ds = ds.batch(batch, drop_remainder=True)
+    if mix is not None:
+        ds = ds.map(_mixer(mix, seed, pipeline_id, batch), num_parallel_calls=AUTOTUNE,
+                    deterministic=config.deterministic or None)
     return ds.prefetch(AUTOTUNE).with_options(_options(config))
+
+
+def _mixer(mix: mixing.MixSettings, seed: int, pipeline_id: int, batch: int):
+    """The per-batch map of mixing: the batch's seed from its epoch and its index in the epoch.
+
+    An epoch holds a whole number of batches, so a batch's records share one epoch and
+    index // batch is the batch's index within the epoch, unchanged by a resume's skip.
+    """
+
+    def mix_batch(images, labels, epochs, indices):
+        key = mixing.batch_seed(seed, epochs[0], tf.reduce_min(indices) // batch, pipeline_id)
+        return mixing.mix_batch(images, labels, key, mix)
+
+    return mix_batch
 
 
 def make_eval_dataset(
