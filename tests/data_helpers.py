@@ -159,3 +159,29 @@ def write_tfds_dataset(data_dir: str, name: str, splits: dict, class_names=("a",
     )
     split_infos = tfds.folder_dataset.compute_split_info(filename_template=template)
     tfds.folder_dataset.write_metadata(data_dir=version_dir, features=features, split_infos=split_infos, filename_template=template)
+
+
+def write_notop_file(path: str, seed: int = 0) -> dict:
+    """For toolkit.models.pretrained: a weights file in the published notop layout (Keras legacy h5) of a
+    randomized keras.applications.ResNet50V2 trunk, written with h5py; returns {layer name: [arrays]}."""
+    import h5py
+    import keras
+
+    source = keras.applications.ResNet50V2(weights=None, include_top=False, input_shape=(None, None, 3))
+    rng = np.random.default_rng(seed)
+    expected = {}
+    with h5py.File(path, "w") as f:
+        with_weights = [layer for layer in source.layers if layer.weights]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in source.layers]
+        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.2.4"
+        for layer in source.layers:
+            group = f.create_group(layer.name)
+            weights = layer.trainable_weights + layer.non_trainable_weights  # the legacy order
+            names = [f"{layer.name}/{w.name}:0".encode() for w in weights]
+            group.attrs["weight_names"] = names
+            arrays = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in weights]  # > 0: valid variances
+            for name, array in zip(names, arrays):
+                group.create_dataset(name.decode(), data=array)
+            if layer in with_weights:
+                expected[layer.name] = arrays
+    return expected

@@ -1,7 +1,7 @@
 """--init_weights imagenet: Keras' published files, found in Keras' cache by keras.utils.get_file.
 
 No network: a weights file in the published notop layout (Keras' legacy h5: layer_names, then one
-group per layer with weight_names), written here with h5py from a randomized
+group per layer with weight_names), written by data_helpers with h5py from a randomized
 keras.applications.ResNet50V2(weights=None, include_top=False), is placed in a temporary
 KERAS_HOME under the published name. Its md5 is not the published one, so the test puts the file's
 own md5 in the expected-hash table (monkeypatch): get_file then runs its real cache path, hash
@@ -10,35 +10,12 @@ check included, and Keras' own loader reads the file.
 
 import os
 
-import h5py
-import keras
 import numpy as np
 import pytest
 
+from data_helpers import write_notop_file
 from toolkit.config import ConfigError
 from toolkit.models import pretrained, resnet_v2
-
-
-def write_notop_file(path: str, seed: int = 0) -> dict:
-    """A published-layout weights file of a randomized ResNet50V2 trunk; returns {layer: [arrays]}."""
-    source = keras.applications.ResNet50V2(weights=None, include_top=False, input_shape=(None, None, 3))
-    rng = np.random.default_rng(seed)
-    expected = {}
-    with h5py.File(path, "w") as f:
-        with_weights = [layer for layer in source.layers if layer.weights]
-        f.attrs["layer_names"] = [layer.name.encode() for layer in source.layers]
-        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.2.4"
-        for layer in source.layers:
-            group = f.create_group(layer.name)
-            weights = layer.trainable_weights + layer.non_trainable_weights  # the legacy order
-            names = [f"{layer.name}/{w.name}:0".encode() for w in weights]
-            group.attrs["weight_names"] = names
-            arrays = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in weights]  # > 0: valid variances
-            for name, array in zip(names, arrays):
-                group.create_dataset(name.decode(), data=array)
-            if layer in with_weights:
-                expected[layer.name] = arrays
-    return expected
 
 
 @pytest.fixture(scope="module")

@@ -44,16 +44,46 @@ def test_imagenet_recipe_scales_the_learning_rate_with_the_batch():
 SHRINK = ["--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=1", "--noexport", "--precision=fp32", "--xla=off"]
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
-def test_recipe_starts_training(recipe, tmp_path, demo_data):
-    import json
+# A recipe with --init_weights=imagenet runs the trainer with Keras' cache in a temporary KERAS_HOME
+# holding a generated weights file (see test_pretrained): its md5 is put in the expected-hash table
+# of the child process before the trainer starts, and the origin is a missing local file, so no
+# download can reach the network.
+IMAGENET_TRAIN = ("import sys; from toolkit.models import pretrained; pretrained.NOTOP_MD5[50] = sys.argv.pop(1); "
+                  "pretrained.BASE_URL = sys.argv.pop(1); from toolkit import train; sys.argv[0] = 'toolkit.train'; "
+                  "train.run_main()")
+
+
+@pytest.fixture(scope="module")
+def keras_home(tmp_path_factory):
+    """(KERAS_HOME holding a generated notop file of ResNet50V2, its md5)."""
+    import data_helpers as dh
+    from toolkit.models import pretrained
+
+    home = tmp_path_factory.mktemp("keras_home")
+    os.makedirs(home / "models")
+    path = str(home / "models" / pretrained.file_name(50))
+    dh.write_notop_file(path)
+    return str(home), pretrained.md5_of(path)
+
+
+def _train(recipe, demo_data, model_dir, keras_home, md5, *extra):
     import subprocess
     import sys
 
+    uses_imagenet = _config(recipe).model.init_weights == "imagenet"
+    nowhere = (model_dir.parent / "nowhere").as_uri() + "/"
+    command = ["-c", IMAGENET_TRAIN, md5, nowhere] if uses_imagenet else ["-m", "toolkit.train"]
+    return subprocess.run([sys.executable, *command, f"--flagfile={recipe}", f"--data_dir={demo_data}",
+                           f"--model_dir={model_dir}", *SHRINK, *extra], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, "KERAS_HOME": keras_home})
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
+def test_recipe_starts_training(recipe, tmp_path, demo_data, keras_home):
+    import json
+
     model_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "toolkit.train", f"--flagfile={recipe}", f"--data_dir={demo_data}",
-                           f"--model_dir={model_dir}", *SHRINK], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT})
+    proc = _train(recipe, demo_data, model_dir, *keras_home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["epochs"] == 1 and summary["num_classes"] == 4
@@ -61,3 +91,24 @@ def test_recipe_starts_training(recipe, tmp_path, demo_data):
     expected = _config(recipe).train
     for key in ("optimizer", "learning_rate", "weight_decay", "label_smoothing", "warmup_epochs"):
         assert trained[key] == getattr(expected, key), key
+    if _config(recipe).model.init_weights == "imagenet":
+        assert "--init_weights: copied 102 layers from imagenet" in proc.stdout + proc.stderr  # the whole trunk
+
+
+def test_finetune_recipe_offline_without_the_weights_stops_with_one_line(tmp_path, demo_data):
+    from toolkit.models import pretrained
+
+    recipe = os.path.join(ROOT, "configs", "finetune.flags")
+    proc = _train(recipe, demo_data, tmp_path / "run", str(tmp_path / "empty_home"), pretrained.NOTOP_MD5[50])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "--init_weights" in line]
+    where = os.path.join(str(tmp_path / "empty_home"), "models", pretrained.file_name(50))
+    assert len(errors) == 1 and errors[0].endswith(f"offline, put that file at {where}"), proc.stderr[-3000:]
+
+
+def test_finetune_recipe_starts_from_imagenet_at_a_tenth_of_the_scratch_rate():
+    c = _config(os.path.join(ROOT, "configs", "finetune.flags"))
+    assert c.model.init_weights == "imagenet" and not c.model.freeze_backbone
+    from toolkit.config import TrainConfig
+
+    assert c.train.learning_rate == pytest.approx(TrainConfig().learning_rate / 10)  # SGD's 0.1 from scratch
