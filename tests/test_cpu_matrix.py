@@ -16,6 +16,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that train
+
 
 @pytest.fixture(scope="module", params=["1", "0"], ids=["onednn-on", "onednn-off"])
 def matrix(request):
@@ -57,11 +59,14 @@ def test_steps_in_one_device_loop_equal_as_many_single_steps(matrix, replicas):
     assert got["max_weight_diff"] < 1e-6
 
 
-def test_a_bf16_two_replica_run_evaluates_every_image_and_passes_the_parity_gate(matrix):
+def test_a_bf16_two_replica_run_with_ema_evaluates_every_image_and_exports_the_average(matrix):
     run = matrix["run"]
     assert (run["replicas"], run["precision"], run["xla"]) == (2, "bf16", False)  # XLA is off on CPU replicas
     assert run["val_images"] == 25  # 3 full batches of 8, then 1 image: replica 1 gets none
     assert run["export"]["parity_passed"] is True
+    # --ema_decay: evaluated beside the raw weights, and the EMA weights are the ones written and exported
+    assert run["exported_weights"] == "ema" and 0 <= run["ema_val_top1"] <= 1
+    assert run["exported_equals"]["ema"] == 0 and run["exported_equals"]["raw"] > 1e-4
 
 
 def test_batch_inference_scores_every_image_alike_in_both_formats(matrix):

@@ -152,6 +152,7 @@ def _alive(pid):
     return _read(f"/proc/{pid}/stat").split(") ")[-1][:1] not in ("Z", "")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_whole_job_with_a_clear_message(job):
     k = job["killed"]
     assert k["returncode"] != 0
@@ -164,6 +165,7 @@ def test_a_killed_worker_stops_the_whole_job_with_a_clear_message(job):
     assert len(k["scratch_during_run"]) == 1
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_every_worker_at_the_last_checkpoint_and_finishes(job):
     r, k = job["resumed"], job["killed"]
     assert r["returncode"] == 0, r["stderr"][-3000:] + r["logs"][0][-3000:]
@@ -178,6 +180,7 @@ def test_the_same_command_resumes_every_worker_at_the_last_checkpoint_and_finish
     assert r["scratch_after"] == []
 
 
+@pytest.mark.slow
 def test_workers_end_identical_and_equal_to_one_process_on_the_same_global_batches(job):
     r = job["resumed"]
     assert job["reference_returncode"] == 0, job["reference_log"][-3000:]
@@ -221,6 +224,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_when_the_chief_dies_the_other_worker_exits_within_seconds_and_cleans_up(tmp_path):
     from toolkit.data import sources
 
@@ -283,6 +287,7 @@ def test_the_chief_watch_reports_a_closed_port_within_seconds_and_not_before():
         watch.stop()
 
 
+@pytest.mark.slow
 def test_a_worker_whose_peers_never_start_gives_up_after_cluster_timeout(tmp_path):
     import json
     import socket

@@ -10,12 +10,15 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from test_training import ENV, ROOT, TINY, read_weights
 
 # the user's defaults: no --xla, no --precision
 FLAGS = [f for f in TINY if not f.startswith(("--xla", "--precision"))]
 ONEDNN_ON = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses that train
 
 
 def train(model_dir, *flags):

@@ -31,6 +31,7 @@ def read_weights(path):
     return dict(out)
 
 
+@pytest.mark.slow
 def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo_data):
     model_dir = tmp_path / "run"
     first = train(model_dir, f"--data_dir={demo_data}", "--epochs=1")
@@ -90,6 +91,7 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert any(name.startswith("previous-") for name in os.listdir(model_dir))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, named",
     [
@@ -171,6 +173,7 @@ def test_the_command_line_and_the_library_share_one_set_of_defaults():
     assert fields == {f.name for f in flags_lib.FLAGS.get_flags_for_module(flags_lib)}
 
 
+@pytest.mark.slow
 def test_diverging_loss_stops_with_the_step_number(tmp_path, demo_data):
     proc = train(tmp_path / "nan", f"--data_dir={demo_data}", "--learning_rate=1e12", "--epochs=3",
                  "--warmup_epochs=0", "--optimizer=sgd")
@@ -193,3 +196,41 @@ def test_flagfile_sets_flags_and_every_flag_has_help(tmp_path):
     ours = [f for f in flags_lib.FLAGS.get_flags_for_module(flags_lib)]
     assert len(ours) >= 30
     assert all(f.help and len(f.help) > 15 for f in ours), [f.name for f in ours if not f.help]
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_after_one_conversion_and_its_test_split_is_scored_once_at_the_end(tmp_path):
+    import data_helpers as dh
+
+    folder = tmp_path / "photos"
+    counts = {"train": {"cat": 12, "dog": 12}, "val": {"cat": 4, "dog": 4}, "test": {"cat": 3, "dog": 2}}
+    dh.write_folder(str(folder), {}, split_dirs=counts, size=(40, 48))
+    model_dir = tmp_path / "run"
+    first = train(model_dir, f"--data_dir={folder}", "--epochs=1", "--steps_per_epoch=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"--data_dir: {folder} is an image folder; converting it into" in first.stdout
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["test_images"] == 5 and summary["val_images"] == 8  # test: 3 + 2 images, scored once
+    assert 0 <= summary["test_top1"] <= summary["test_top5"] <= 1
+    val_lines = [line for line in first.stdout.splitlines() if "validation:" in line]
+    assert len(val_lines) == 1 and "(8 images)" in val_lines[0]  # training evaluated val, never test
+    # the same folder again: the conversion is reused
+    second = train(model_dir, f"--data_dir={folder}", "--epochs=2", "--steps_per_epoch=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is unchanged since its conversion" in second.stdout and "converting it" not in second.stdout
+
+
+def test_a_small_dataset_with_the_imagenet_defaults_names_the_small_data_recipe(capsys):
+    from toolkit import session
+    from toolkit.config import Config, DataConfig
+    from toolkit.data.shards import DatasetInfo
+
+    def info(train):
+        return DatasetInfo(data_dir="/d", class_names=("a", "b"), counts={"train": train, "val": 10},
+                           files={"train": ("/d/train-0",), "val": ("/d/val-0",)}, manifest={})
+
+    session._name_the_recipe(Config(data=DataConfig(data_dir="/d")), info(245))
+    assert "configs/small_data.flags" in capsys.readouterr().out
+    session._name_the_recipe(Config(data=DataConfig(data_dir="/d")), info(50_000))  # large: the defaults fit
+    session._name_the_recipe(Config(data=DataConfig(data_dir="/d", image_size=96)), info(245))  # the user chose
+    assert capsys.readouterr().out == ""

@@ -284,11 +284,8 @@ def make_runtime(
     # a CPU step takes long enough that one host sync per step costs nothing measurable; a GPU
     # step does not, so GPUs run up to the next progress line (log_every) per call
     loop_steps = steps_per_loop or (1 if device_kind == "CPU" else GPU_STEPS_PER_LOOP)
+    # one reading of TF_CONFIG and one chief rule (the resolver read the same TF_CONFIG)
     num_workers, worker_index, is_chief = tf_config_cluster() if resolved == "multi_worker" else (1, 0, True)
-    if resolved == "multi_worker":
-        resolver = strategy.cluster_resolver
-        is_chief = _is_chief(resolver)
-        worker_index = resolver.task_id or 0
     return Runtime(
         strategy=strategy,
         distribution=resolved,
@@ -354,11 +351,3 @@ def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list:
         lambda ctx: tf.constant([value], tf.int64)
     )
     return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
-
-
-def _is_chief(resolver: Optional[tf.distribute.cluster_resolver.ClusterResolver]) -> bool:
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()

@@ -90,6 +90,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         l2: float = 0.0,
         xla: bool = False,
+        ema=None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -98,19 +99,25 @@ class Trainer:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.l2 = l2
+        self.ema = ema  # toolkit.ema.WeightAverage or None
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self._replica_train = tf.function(self._replica_train_step, jit_compile=xla or None)
-        self._replica_eval = tf.function(self._replica_eval_step)
+        self._replica_evals = {}  # id(model) -> its replica eval step
         self.train_step = tf.function(self._distributed_train_step)
         self._train_loop = tf.function(self._distributed_train_loop)
         self._eval_steps = {}  # element spec -> eval step traced once for it
         self._bn_statistics = [
-            v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))
+            v for m in (model, ema.average if ema else None) if m is not None
+            for v in m.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))
         ]
         self._sync_statistics = tf.function(lambda: self.strategy.run(self._replica_sync_statistics))
 
     def per_example_loss(self, labels, logits):
-        onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+        """Cross-entropy of logits against int labels [b], or soft labels [b, classes] (mixup, CutMix)."""
+        if labels.shape.rank == 2:
+            onehot = tf.cast(labels, tf.float32)
+        else:
+            onehot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
         if self.label_smoothing:
             onehot = onehot * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
         return tf.nn.softmax_cross_entropy_with_logits(onehot, tf.cast(logits, tf.float32))
@@ -128,12 +135,15 @@ class Trainer:
         if self.loss_scaling and self.strategy.num_replicas_in_sync > 1:
             grads = _agree_on_finiteness(grads)
         self.optimizer.apply(grads, variables)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+        hard = tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 else labels
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), hard), tf.float32))
         return {"loss": loss, "correct": correct}
 
     def _distributed_train_step(self, batch):
         images, labels = batch
         per_replica = self.strategy.run(self._replica_train, args=(images, labels))
+        if self.ema is not None:
+            self.ema.update(self.optimizer.iterations)
         # loss: already divided by the global batch, so the sum over replicas is the global mean;
         # correct: training top-1 hits of the global batch (under augmentation, in training mode)
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
@@ -178,9 +188,9 @@ class Trainer:
         if self.strategy.num_replicas_in_sync > 1 and self._bn_statistics:
             self._sync_statistics()
 
-    def _replica_eval_step(self, images, labels):
+    def _replica_eval_step(self, model, images, labels):
         def sums():
-            logits = tf.cast(self.model(images, training=False), tf.float32)
+            logits = tf.cast(model(images, training=False), tf.float32)
             loss = tf.reduce_sum(self.per_example_loss(labels, logits))
             top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
             top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32))
@@ -191,12 +201,14 @@ class Trainer:
         # of a zero-size batch returns its input unchanged and the next layer fails on the shape.
         return tf.cond(tf.shape(labels)[0] > 0, sums, lambda: tf.zeros([4]))
 
-    def _distributed_eval_step(self, batch):
+    def _distributed_eval_step(self, model, batch):
         images, labels = batch
-        sums = self.strategy.run(self._replica_eval, args=(images, labels))
+        if id(model) not in self._replica_evals:
+            self._replica_evals[id(model)] = tf.function(lambda x, y: self._replica_eval_step(model, x, y))
+        sums = self.strategy.run(self._replica_evals[id(model)], args=(images, labels))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
-    def eval_step_for(self, element_spec):
+    def eval_step_for(self, element_spec, model=None):
         """The eval step traced once for a dataset's element spec (batch dimension unknown).
 
         A fixed signature keeps one trace for full and partial batches, and lets a replica receive
@@ -204,21 +216,37 @@ class Trainer:
         validation files has run out while others still have data: traced with a static batch of
         0, the model fails to build.
         """
-        key = repr(element_spec)
+        model = model or self.model
+        key = (id(model), repr(element_spec))
         if key not in self._eval_steps:
-            self._eval_steps[key] = tf.function(self._distributed_eval_step, input_signature=[element_spec])
+            self._eval_steps[key] = tf.function(lambda batch: self._distributed_eval_step(model, batch),
+                                                input_signature=[element_spec])
         return self._eval_steps[key]
 
-    def evaluate(self, dist_dataset) -> dict:
-        """Loss, top-1 and top-5 over a whole distributed evaluation dataset."""
-        eval_step = self.eval_step_for(dist_dataset.element_spec)
+    def evaluate(self, dist_dataset, model=None) -> dict:
+        """Loss, top-1 and top-5 of `model` (default: the trained model) over a distributed evaluation dataset."""
+        eval_step = self.eval_step_for(dist_dataset.element_spec, model)
         totals = tf.zeros([4])
         for batch in dist_dataset:
             totals += eval_step(batch)
-        loss, top1, top5, count = (float(x) for x in totals.numpy())
-        if count == 0:
-            raise ValueError("--data_dir: the validation split is empty")
-        return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count, "val_images": int(count)}
+        return _eval_result(totals)
+
+    def evaluate_here(self, dataset: tf.data.Dataset, model=None) -> dict:
+        """As `evaluate`, in this process alone (no strategy, no collectives), over a plain dataset:
+        for what the chief evaluates by itself, such as the test split at the end."""
+        model = model or self.model
+        step = tf.function(lambda images, labels: self._replica_eval_step(model, images, labels))
+        totals = tf.zeros([4])
+        for images, labels in dataset:
+            totals += step(images, labels)
+        return _eval_result(totals)
+
+
+def _eval_result(totals) -> dict:
+    loss, top1, top5, count = (float(x) for x in totals.numpy())
+    if count == 0:
+        raise ValueError("--data_dir: the split to evaluate is empty")
+    return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count, "val_images": int(count)}
 
 
 def _agree_on_finiteness(grads):

@@ -47,9 +47,12 @@ class ProgressLine:
     augmented images in training mode.
     """
 
-    def __init__(self, global_batch: int, epochs: int, total_steps: int, speed: Speedometer, metrics: MetricsLog):
+    def __init__(self, global_batch: int, epochs: int, total_steps: int, speed: Speedometer, metrics: MetricsLog,
+                 mixed: bool = False):
         self.batch, self.epochs, self.total_steps = global_batch, epochs, total_steps
         self.speed, self.metrics = speed, metrics
+        # on mixup / CutMix batches a hit is the argmax of the mixed label: say so
+        self._top1_name = "top-1 (mixed batches)" if mixed else "top-1"
         self._interval = []
 
     def add(self, loss: float, correct: float) -> None:
@@ -61,7 +64,7 @@ class ProgressLine:
         mean_loss = float(np.mean([x[0] for x in self._interval]))
         top1 = sum(x[1] for x in self._interval) / (len(self._interval) * self.batch)
         self._interval.clear()
-        log(f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total_steps} loss {mean_loss:.4f} top-1 {top1:.3f} "
+        log(f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total_steps} loss {mean_loss:.4f} {self._top1_name} {top1:.3f} "
             f"lr {learning_rate:.5f} {rate:.1f} img/s")
         self.metrics.write({"step": step, "epoch": epoch + 1, "loss": mean_loss, "top1": top1,
                             "learning_rate": learning_rate, "images_per_sec": rate}, "train")

@@ -20,14 +20,14 @@ import tensorflow as tf
 
 from toolkit import __version__
 from toolkit import checkpoint as ckpt_lib
-from toolkit import distribute, loop, machine, outputs
+from toolkit import distribute, ema, loop, machine, outputs
 from toolkit.config import Config, ConfigError, DataConfig, validate
-from toolkit.data import pipeline, shards, sources
+from toolkit.data import pipeline, prepare, shards, sources
 from toolkit.logs import log
 from toolkit.models import resnet_v2
 
 # the record fields that must match for a resume to make sense
-_SHAPING_FIELDS = ("num_classes", "image_size", "depth")
+_SHAPING_FIELDS = ("num_classes", "image_size", "depth", "ema")
 
 
 @dataclasses.dataclass
@@ -46,6 +46,7 @@ class Session:
     optimizer: object
     checkpointer: ckpt_lib.Checkpointer
     trainer: loop.Trainer
+    ema_model: Optional[keras.Model] = None  # the weights' moving average (--ema_decay), or None
     train_dataset: object = None  # distributed, positioned at start_step
     eval_dataset: object = None  # distributed, the validation split
 
@@ -73,16 +74,20 @@ def setup(config: Config) -> Session:
     facts = _run_record(config, rt, data, info)
     _check_or_set_aside(config, rt, facts)
     model, optimizer, checkpointer, trainer = _build(config, rt, facts["num_classes"], steps_per_epoch)
+    ema_model = trainer.ema.average if trainer.ema else None
     restored = None if config.train.fresh else checkpointer.restore_latest()
     start_step = _agreed_start(rt, checkpointer, config.train.model_dir)
     if rt.is_chief:
         ckpt_lib.save_run_record(config.train.model_dir, facts)
     session = Session(config, rt, data, info, facts, steps_per_epoch, start_step, restored, model, optimizer,
-                      checkpointer, trainer)
+                      checkpointer, trainer, ema_model)
     if not session.finished:
         start_epoch, skip = divmod(start_step, steps_per_epoch)
+        # mixup / CutMix batches carry soft labels over every class
+        mixing = {"num_classes": facts["num_classes"]} if data.mixup_alpha or data.cutmix_alpha else {}
         session.train_dataset = rt.strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.make_train_dataset(data, info.split_files("train"), steps_per_epoch, ctx, start_epoch, skip))
+            lambda ctx: pipeline.make_train_dataset(data, info.split_files("train"), steps_per_epoch, ctx, start_epoch, skip,
+                                                    **mixing))
         session.eval_dataset = rt.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_eval_dataset(data, info.split_files("val"), ctx))
     return session
@@ -115,15 +120,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
-    """The shard directory to train on; generates the demo dataset when none is given.
+    """The shard directory to train on: --data_dir's shards, its image folder converted once into
+    model_dir/data (reused while the folder is unchanged), or the generated demo dataset.
 
-    Only the chief writes into model_dir. Other workers generate their own copy in a temporary
-    directory deleted when they exit: the generator is seeded, so every copy is byte-identical and
-    the per-worker file shares line up, and no worker waits on files another one writes (which
-    would hang when model_dir is not shared).
+    Only the chief writes into model_dir. Other workers convert or generate their own copy in a
+    temporary directory deleted when they exit: both are deterministic, so every copy is
+    byte-identical and the per-worker file shares line up, and no worker waits on files another
+    one writes (which would hang when model_dir is not shared).
     """
     if config.data.data_dir:
-        return config.data.data_dir
+        work_dir = (os.path.join(config.train.model_dir, "data") if is_chief
+                    else ckpt_lib.make_scratch_dir("toolkit-worker-data-"))
+        return prepare.shards_for(config.data.data_dir, work_dir, log)
     if is_chief:
         os.makedirs(config.train.model_dir, exist_ok=True)
         demo_dir = os.path.join(config.train.model_dir, "demo_data")
@@ -140,6 +148,7 @@ def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
         os.makedirs(t.model_dir, exist_ok=True)
     data_dir = resolve_data_dir(config, rt.is_chief)
     info = shards.read_dataset_info(data_dir)
+    _name_the_recipe(config, info)
     if not (m.num_classes or info.num_classes):
         raise ConfigError(f"--num_classes: {data_dir} names no classes (no labels.txt); set --num_classes")
     if info.num_classes and m.num_classes and m.num_classes < info.num_classes:
@@ -150,6 +159,17 @@ def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
         hint = "set --steps_per_epoch (shards without a manifest)" if not train_count else f"only {train_count} training images"
         raise ConfigError(f"--batch_size: {d.batch_size} leaves no full batch per epoch ({hint})")
     return dataclasses.replace(d, data_dir=data_dir), info, steps_per_epoch
+
+
+def _name_the_recipe(config: Config, info: shards.DatasetInfo) -> None:
+    """One line when a small dataset meets the ImageNet-sized defaults (image size, batch, epochs
+    and learning rate all left at the library's): the small-data recipe is the one for it."""
+    defaults = Config()
+    chosen = (config.data.image_size, config.data.batch_size, config.train.epochs, config.train.learning_rate)
+    usual = (defaults.data.image_size, defaults.data.batch_size, defaults.train.epochs, defaults.train.learning_rate)
+    if config.data.data_dir and prepare.is_small(info) and chosen == usual:
+        log(f"--data_dir: {info.counts.get('train')} training images is a small dataset, and the defaults are the "
+            f"ImageNet recipe; add --flagfile {prepare.SMALL_DATA_RECIPE} for the recipe made for it (README.md)")
 
 
 def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: shards.DatasetInfo) -> dict:
@@ -165,6 +185,7 @@ def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: 
         "distribution": rt.distribution,
         "replicas": rt.num_replicas,
         "xla": rt.xla,
+        "ema": config.train.ema_decay > 0,
         "steps_per_loop": rt.steps_per_loop,
         "threads": rt.threads,
         "config": config.to_dict(),
@@ -201,10 +222,16 @@ def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_e
             log(f"--init_weights: copied {copied} layers from {m.init_weights}")
         optimizer = loop.make_optimizer(t, steps_per_epoch, rt.precision)
         loop.build_optimizer_state(optimizer, model)
-        checkpointer = ckpt_lib.Checkpointer(t.model_dir, rt.is_chief, t.keep_checkpoints, model=model,
-                                             optimizer=optimizer)
+        trackables = {"model": model, "optimizer": optimizer}
+        average = None
+        if t.ema_decay:
+            ema_model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
+            average = ema.WeightAverage(model, ema_model, t.ema_decay)
+            trackables["ema_model"] = ema_model
+        checkpointer = ckpt_lib.Checkpointer(t.model_dir, rt.is_chief, t.keep_checkpoints, **trackables)
     l2 = t.weight_decay if t.optimizer == "adam" else 0.0
-    trainer = loop.Trainer(model, optimizer, rt.strategy, d.batch_size, num_classes, t.label_smoothing, l2, rt.xla)
+    trainer = loop.Trainer(model, optimizer, rt.strategy, d.batch_size, num_classes, t.label_smoothing, l2, rt.xla,
+                           ema=average)
     return model, optimizer, checkpointer, trainer
 
 

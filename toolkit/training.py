@@ -51,7 +51,8 @@ def fit(session: Session) -> dict:
     t, s = session.config.train, session
     speed = Speedometer(s.data.batch_size, t.speed_warmup_steps)
     metrics = MetricsLog(s.model_dir if s.runtime.is_chief else None)
-    progress = ProgressLine(s.data.batch_size, t.epochs, s.total_steps, speed, metrics)
+    progress = ProgressLine(s.data.batch_size, t.epochs, s.total_steps, speed, metrics,
+                            mixed=bool(s.data.mixup_alpha or s.data.cutmix_alpha))
     iterator = iter(s.train_dataset)
     evaluations, last = [], {}
     step = s.start_step
@@ -117,10 +118,15 @@ def _evaluate(s: Session, step: int, epoch: int, metrics: MetricsLog) -> dict:
     """Evaluate on the validation split; log it and record it in metrics.jsonl."""
     start = time.time()
     result = s.trainer.evaluate(s.eval_dataset)
+    line = (f"epoch {epoch + 1}/{s.config.train.epochs} validation: loss {result['val_loss']:.4f} "
+            f"top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} ({result['val_images']} images)")
+    if s.ema_model is not None:  # the weights' moving average, beside the raw weights
+        averaged = s.trainer.evaluate(s.eval_dataset, s.ema_model)
+        result.update({f"ema_{k}": v for k, v in averaged.items() if k != "val_images"})
+        line += f"; EMA weights: loss {averaged['val_loss']:.4f} top-1 {averaged['val_top1']:.4f}"
     entry = {"step": step, "epoch": epoch + 1, **result, "eval_seconds": time.time() - start}
     metrics.write(entry, "val")
-    log(f"epoch {epoch + 1}/{s.config.train.epochs} validation: loss {result['val_loss']:.4f} "
-        f"top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} ({result['val_images']} images)")
+    log(line)
     return entry
 
 
@@ -146,7 +152,8 @@ def finish(session: Session, history: dict) -> dict:
     s, rt, config = session, session.runtime, session.config
     last = history["last"]
     summary = {
-        **{k: last[k] for k in ("val_top1", "val_top5", "val_loss")},
+        **{k: v for k, v in last.items() if k.startswith(("val_", "ema_val_")) and k != "val_images"},
+        "exported_weights": "ema" if s.ema_model is not None else "raw",
         "epochs": config.train.epochs,
         "steps": history["steps"],
         "train_images_per_sec": history["images_per_sec"],
@@ -179,9 +186,11 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
     summary["history"] = outputs.validation_history(s.model_dir) or summary["history"]  # resumed parts included
     summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=s.info.counts.get("train", 0),
                    val_images=last.get("val_images"), config=s.config.to_dict())
-    artifacts = {"weights": outputs.save_weights(s.model, s.model_dir)}
+    final = s.ema_model if s.ema_model is not None else s.model  # what gets exported
+    summary.update(_test_split(s, final))
+    artifacts = {"weights": outputs.save_weights(final, s.model_dir)}
     artifacts.update(outputs.write_reports(
-        s.model, pipeline.make_eval_dataset(s.data, s.info.split_files("val")), s.facts["class_names"], s.model_dir))
+        final, pipeline.make_eval_dataset(s.data, s.info.split_files("val")), s.facts["class_names"], s.model_dir))
     summary["artifacts"] = artifacts
     outputs.write_summary(summary, s.model_dir)
     if s.config.export.export:
@@ -189,6 +198,18 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
     log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}), {summary['train_images_per_sec']:.1f} img/s")
     log(f"wrote {s.model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
         "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
+
+
+def _test_split(s: Session, model) -> dict:
+    """test_top1, test_top5, test_loss, test_images of the final (exported) weights, once, when the
+    data has a test split; training and model selection never look at it."""
+    files = s.info.split_files("test") if "test" in s.info.files else []
+    if not files:
+        return {}
+    result = s.trainer.evaluate_here(pipeline.make_eval_dataset(s.data, files), model)
+    log(f"test split ({result['val_images']} images, evaluated once, with the exported weights): "
+        f"top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f}")
+    return {f"test_{k[4:]}": v for k, v in result.items()}
 
 
 def _export(model_dir: str, config: Config, summary: dict) -> None:

@@ -9,8 +9,9 @@ here runs on both kinds of CPU kernels whatever CPU the suite lands on. It print
   nothing, beside the same evaluation on one device.
 - `steps_per_loop`: three steps in one device-side loop against three single steps, on one
   device and on two replicas.
-- `run`: toolkit.training.run end to end on two CPU replicas in bf16 (train, evaluate with a
-  partial last batch, summary, export with the parity gate).
+- `run`: toolkit.training.run end to end on two CPU replicas in bf16 with the small-data
+  techniques on (RandAugment, mixup/CutMix soft labels, EMA of the weights, two steps per call):
+  train, evaluate with a partial last batch, summary, export with the parity gate.
 - `infer`: batch inference over the validation shards with the exported ONNX model and the
   SavedModel (a batch size that leaves a partial last batch).
 
@@ -128,15 +129,29 @@ def end_to_end(base):
     data = sources.write_demo_dataset(os.path.join(base, "data"), train_count=32, val_count=25, image_size=40,
                                       num_shards=2)
     config = Config(
-        data=DataConfig(data_dir=data, image_size=32, batch_size=8, seed=5),
+        data=DataConfig(data_dir=data, image_size=32, batch_size=8, seed=5, randaugment="2,9", mixup_alpha=0.2,
+                        cutmix_alpha=1.0),
         train=TrainConfig(model_dir=os.path.join(base, "run"), epochs=1, steps_per_epoch=2, optimizer="sgd",
                           learning_rate=0.01, warmup_epochs=0, precision="bf16", cpu_replicas=2, log_every=2,
-                          steps_per_loop=2),
+                          steps_per_loop=2, ema_decay=0.9),
         export=ExportConfig(parity_images=0),
     )
     summary = training.run(config)
-    return data, {k: summary.get(k) for k in ("val_images", "val_top1", "replicas", "precision", "xla", "export",
-                                            "machine")}
+    result = {k: summary.get(k) for k in ("val_images", "val_top1", "ema_val_top1", "exported_weights", "replicas",
+                                          "precision", "xla", "export", "machine")}
+    result["exported_equals"] = exported_weights_equal(os.path.join(base, "run"))
+    return data, result
+
+
+def exported_weights_equal(model_dir):
+    """Largest difference of model.weights.h5 from the last checkpoint's raw and EMA weights."""
+    keras.mixed_precision.set_global_policy("float32")
+    raw, averaged, written = (resnet_v2.build_model(4, 32) for _ in range(3))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    tf.train.Checkpoint(model=raw, ema_model=averaged).restore(latest).expect_partial()
+    written.load_weights(os.path.join(model_dir, "model.weights.h5"))
+    diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(a.get_weights(), b.get_weights()))  # noqa: E731
+    return {"ema": diff(written, averaged), "raw": diff(written, raw)}
 
 
 def batch_inference(export_dir, data):
