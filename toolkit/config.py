@@ -235,15 +235,6 @@ def validate_export(config: ExportConfig) -> None:
          "triton_repo", f"must be a new relative path inside the export dir (e.g. triton), got {repo!r}")
     need(isinstance(config.triton_max_batch_size, int) and config.triton_max_batch_size >= 1,
          "triton_max_batch_size", f"must be at least 1, got {config.triton_max_batch_size}")
-    # the repository lives inside the export (placed with it atomically), never over another artifact
-    taken = (".", "..", "saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
-             "labels.txt", "parity.json", "export.json", "MODEL_CARD.md")
-    repo = config.triton_repo
-    need(isinstance(repo, str) and (not repo or (not os.path.isabs(repo) and ".." not in repo.split("/")
-                                                 and os.path.normpath(repo).split(os.sep)[0] not in taken)),
-         "triton_repo", f"must be a new relative path inside the export dir (e.g. triton), got {repo!r}")
-    need(isinstance(config.triton_max_batch_size, int) and config.triton_max_batch_size >= 1,
-         "triton_max_batch_size", f"must be at least 1, got {config.triton_max_batch_size}")
     if config.export_dir:
         blocker = _file_in_the_way(config.export_dir)
         need(blocker is None, "export_dir", f"{blocker} exists and is not a directory")
