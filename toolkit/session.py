@@ -129,6 +129,8 @@ def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
     one writes (which would hang when model_dir is not shared).
     """
     if config.data.data_dir:
+        if prepare.holds_shards(config.data.data_dir):
+            return config.data.data_dir
         work_dir = (os.path.join(config.train.model_dir, "data") if is_chief
                     else ckpt_lib.make_scratch_dir("toolkit-worker-data-"))
         return prepare.shards_for(config.data.data_dir, work_dir, log)
