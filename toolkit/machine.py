@@ -51,21 +51,40 @@ def has_cpu_feature(*names: str) -> bool:
     return bool(_cpuinfo()[1] & set(names))
 
 
+def _cgroup_dirs() -> list:
+    """Where this process's cgroup CPU settings are: its own cgroup's directory (from
+    /proc/self/cgroup, v2 then v1), then the mount root (inside a container, its own cgroup)."""
+    found = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    found.append(("/sys/fs/cgroup" + path, "v2"))
+                elif "cpu" in controllers.split(","):
+                    found.append(("/sys/fs/cgroup/cpu" + path, "v1"))
+    except (OSError, ValueError):
+        pass
+    return found + [("/sys/fs/cgroup", "v2"), ("/sys/fs/cgroup/cpu", "v1")]
+
+
 def cpu_quota() -> float | None:
     """CPUs' worth of time the cgroup allows this process per period (a container's --cpus), or None."""
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+    for directory, version in _cgroup_dirs():
         try:
-            with open(quota_file) as f:
-                fields = f.read().split()
-            if period_file:
-                with open(period_file) as f:
-                    fields = fields[:1] + f.read().split()[:1]
+            if version == "v2":
+                with open(os.path.join(directory, "cpu.max")) as f:
+                    quota, period = (f.read().split() + ["100000"])[:2]
+            else:
+                with open(os.path.join(directory, "cpu.cfs_quota_us")) as f:
+                    quota = f.read().strip()
+                with open(os.path.join(directory, "cpu.cfs_period_us")) as f:
+                    period = f.read().strip()
         except OSError:
             continue
-        if len(fields) >= 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
-            return int(fields[0]) / int(fields[1])
-        return None
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
     return None
 
 
