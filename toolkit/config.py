@@ -80,10 +80,10 @@ class TrainConfig:
     ema_decay: float = _opt(0.0, "Keep an exponential moving average of the weights with this decay (e.g. 0.999), "
                                  "warmed up over the first steps; evaluated beside the raw weights and exported. 0: off.")
     precision: str = _opt("auto", f"{'|'.join(PRECISIONS)}; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on "
-                                  "CPUs with AMX (oneDNN on), else fp32.")
-    xla: str = _opt("auto", "auto|on|off: XLA-compile the train step; auto: on for GPUs and CPUs, off on CPUs with "
-                            "AMX where oneDNN's own kernels are faster. Off, with the reason printed, where it cannot "
-                            "work (several CPU replicas, --deterministic).")
+                                  "CPUs with bf16 units (AMX, AVX512_BF16) when oneDNN is on, else fp32.")
+    xla: str = _opt("auto", "auto|on|off: XLA-compile the train step; auto: on for GPUs and for CPUs where oneDNN "
+                            "is off, off where oneDNN runs the CPU's kernels (faster there). Off, with the reason "
+                            "printed, where it cannot work (several CPU replicas, --deterministic).")
     steps_per_loop: int = _opt(0, "Train steps per call into TensorFlow, with no host sync between them (never past "
                                   "a progress line, checkpoint or epoch end); 0: 1 on CPUs, as many as that allows on GPUs.")
     distribution: str = _opt("auto", f"{'|'.join(DISTRIBUTIONS)}; auto: multi_worker when TF_CONFIG lists several "

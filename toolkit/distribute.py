@@ -121,21 +121,21 @@ def gpu_compute_capabilities() -> list:
 
 
 # Which path trains fastest on a CPU, measured per CPU class (BENCHMARKS.md, ResNet50V2, batch 16):
-#   Xeon with AMX, oneDNN on:  bf16 without XLA (10.98 img/s at 224 px; XLA 5.27; fp32 8.30)
-#   EPYC Zen 4 (AVX512_BF16, no AMX), oneDNN on:  fp32 with XLA (24.1 img/s at 96 px; bf16 19.8;
-#       bf16 with XLA 21.3; fp32 13.7)
-#   EPYC Zen 3 (AVX2), oneDNN off:  fp32 with XLA (1.67x without)
-# XLA's CPU code does not use oneDNN's AMX kernels, so only AMX favours oneDNN's own bf16 path.
-AMX_FEATURES = ("amx_bf16",)
+#   Xeon with AMX, oneDNN on: bf16 without XLA (10.98 img/s at 224 px; bf16+XLA 5.27; fp32 8.30)
+#   EPYC Zen 4 (AVX512_BF16), oneDNN on: bf16 without XLA (8.04 img/s at 224 px, 29.8 at 96;
+#       fp32 6.34; fp32+XLA 4.65 and 18.5; bf16+XLA 4.51)
+#   EPYC Zen 3 (AVX2), oneDNN off: fp32 with XLA (3.24 vs 1.94 img/s at 224 px)
+# XLA's CPU code does not use oneDNN's kernels: with oneDNN on, XLA is the slower path.
+BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 
 
-def _amx_with_onednn() -> bool:
-    return machine.onednn_enabled() and machine.has_cpu_feature(*AMX_FEATURES)
+def _onednn_bf16() -> bool:
+    return machine.onednn_enabled() and machine.has_cpu_feature(*BF16_CPU_FEATURES)
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
     """(precision, why) for --precision; auto: fp16 on GPUs of compute capability >= 7.0, bf16 on
-    CPUs with AMX (oneDNN on), else fp32 (with XLA, the fastest path measured on other CPUs)."""
+    CPUs with bf16 units (AMX, AVX512_BF16) when oneDNN is on, else fp32."""
     if precision != "auto":
         return precision, f"--precision={precision}"
     caps = gpu_compute_capabilities()
@@ -143,9 +143,9 @@ def resolve_precision(precision: str) -> tuple[str, str]:
         if min(caps) >= (7, 0):
             return "fp16", "auto: GPUs with tensor cores"
         return "fp32", "auto: GPUs older than compute capability 7.0"
-    if _amx_with_onednn():
-        return "bf16", "auto: oneDNN's AMX kernels run bf16 faster than anything else on this CPU"
-    return "fp32", "auto: fp32 with XLA beat bf16 on CPUs without AMX"
+    if _onednn_bf16():
+        return "bf16", "auto: oneDNN runs bf16 on this CPU's bf16 units, 1.3x fp32"
+    return "fp32", "auto: bf16 would be emulated here (no AMX or AVX512_BF16, or oneDNN off)"
 
 
 def set_precision_policy(precision: str) -> None:
@@ -258,9 +258,9 @@ def xla_decision(mode: str, strategy: tf.distribute.Strategy, device_kind: str,
         return True, "--xla=on"
     if device_kind == "GPU":
         return True, "auto: GPU"
-    if _amx_with_onednn():
-        return False, "auto: XLA's CPU code does not use oneDNN's AMX kernels (2x slower with XLA); --xla=on forces it"
-    return True, "auto: a CPU without AMX, where the XLA-compiled step is the fastest measured (1.7x)"
+    if machine.onednn_enabled():
+        return False, "auto: oneDNN runs this CPU's kernels and XLA's CPU code does not use them (1.4-2x slower with XLA); --xla=on forces it"
+    return True, "auto: with oneDNN off, the XLA-compiled step beats TensorFlow's CPU kernels (1.67x on an AVX2 EPYC)"
 
 
 def make_runtime(
