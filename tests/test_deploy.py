@@ -185,3 +185,29 @@ def test_the_model_card_says_what_a_reviewer_needs():
         assert words in card, words
     bare = model_card.render({**record, "data": {}}, None, None)
     assert "metrics of training are unknown" in bare and "Counts per split were not recorded" in bare
+
+
+def test_the_model_card_and_summary_report_the_ema_weights_when_those_were_exported(tmp_path):
+    from toolkit import outputs, reports
+    summary = {"val_top1": 0.70, "val_top5": 1.0, "val_loss": 0.60, "ema_val_top1": 0.75, "ema_val_top5": 1.0,
+               "ema_val_loss": 0.55, "val_images": 153, "exported_weights": "ema", "best_val_top1": 0.73, "best_epoch": 24,
+               "best_ema_val_top1": 0.77, "best_ema_epoch": 40, "epochs": 50, "train_images": 245}
+    record = {"class_names": ["ants", "bees"], "image_size": 96, "depth": 50, "data": {}, "onnx": {"layout": "nhwc"},
+              "input": {"dtype": "float32", "range": [0, 255], "preprocessing": "decode; resize"}}
+    card = model_card.render(record, summary, None)
+    assert "| validation | 153 | 0.7500 | 1.0000 | 0.5500 |" in card.splitlines()
+    assert "raw weights scored 0.7000" in card and "Best validation top-1 0.7700 at epoch 40" in card
+    raw = model_card.render(record, {**summary, "exported_weights": "raw"}, None)
+    assert "| validation | 153 | 0.7000 | 1.0000 | 0.6000 |" in raw.splitlines() and "at epoch 24" in raw
+    md = reports.summary_markdown(summary)
+    assert "| EMA weights: validation top-1 (exported) | 0.7500 |" in md
+    assert "| EMA weights: best validation top-1 | 0.7700 (epoch 40) |" in md
+    # best_epoch ranks by the key asked for, over evaluations that have it
+    lines = [{"kind": "val", "epoch": 1, "val_top1": 0.6, "ema_val_top1": 0.5},
+             {"kind": "train", "epoch": 2, "top1": 0.99},
+             {"kind": "val", "epoch": 2, "val_top1": 0.5, "ema_val_top1": 0.7},
+             {"kind": "val", "epoch": 3, "val_top1": 0.55}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert outputs.best_epoch(str(tmp_path)) == (0.6, 1)
+    assert outputs.best_epoch(str(tmp_path), "ema_val_top1") == (0.7, 2)
+    assert outputs.best_epoch(str(tmp_path / "nothing"), "ema_val_top1")[1] is None

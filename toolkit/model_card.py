@@ -38,12 +38,18 @@ def _metrics(summary: Optional[dict], confusion: Optional[dict]) -> list:
     lines = ["## Metrics", ""]
     if not summary:
         return lines + ["No summary.json was found beside the weights: the metrics of training are unknown.", ""]
-    rows = [("validation", summary.get("val_images"), summary.get("val_top1"), summary.get("val_top5"), summary.get("val_loss"))]
+    ema = summary.get("exported_weights") == "ema" and "ema_val_top1" in summary
+    val = "ema_val_" if ema else "val_"  # the figures of the weights this export holds
+    rows = [("validation", summary.get("val_images"), summary.get(val + "top1"), summary.get(val + "top5"),
+             summary.get(val + "loss"))]
     if "test_top1" in summary:
         rows.append(("test", summary.get("test_images"), summary.get("test_top1"), summary.get("test_top5"), summary.get("test_loss")))
     lines += _table(("split", "images", "top-1", "top-5", "loss"), rows)
-    lines += ["", f"Best validation top-1 {_fmt(summary.get('best_val_top1'))} at epoch {_fmt(summary.get('best_epoch'))} "
-                  f"of {_fmt(summary.get('epochs'))}; trained on {_fmt(summary.get('train_images'))} images."]
+    best = ("best_ema_val_top1", "best_ema_epoch") if ema else ("best_val_top1", "best_epoch")
+    lines += ["", ("These are the exponential moving average (EMA) of the weights, which this export holds; "
+                   f"the raw weights scored {_fmt(summary.get('val_top1'))} on validation. " if ema else "")
+              + f"Best validation top-1 {_fmt(summary.get(best[0]))} at epoch {_fmt(summary.get(best[1]))} "
+              f"of {_fmt(summary.get('epochs'))}; trained on {_fmt(summary.get('train_images'))} images."]
     if "test_top1" not in summary:
         lines.append("No test split was evaluated: `python -m toolkit.evaluate --model EXPORT --data DIR` measures one.")
     if confusion and confusion.get("per_class"):

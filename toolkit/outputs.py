@@ -87,14 +87,16 @@ def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: 
     return paths
 
 
-def best_epoch(model_dir: str) -> tuple:
-    """(best validation top-1, its epoch) over the whole run, resumed parts included."""
+def best_epoch(model_dir: str, key: str = "val_top1") -> tuple:
+    """(best value of `key`, its epoch) over the whole run's evaluations, resumed parts included;
+    key "ema_val_top1" ranks the EMA weights. (nan, None) when no evaluation has it."""
     path = os.path.join(model_dir, "metrics.jsonl")
-    vals = [r for r in reports.read_metrics(path) if r.get("kind") == "val"] if os.path.exists(path) else []
+    records = reports.read_metrics(path) if os.path.exists(path) else []
+    vals = [r for r in records if r.get("kind") == "val" and key in r]
     if not vals:
         return float("nan"), None
-    best = max(vals, key=lambda r: r["val_top1"])
-    return best["val_top1"], best["epoch"]
+    best = max(vals, key=lambda r: r[key])
+    return best[key], best["epoch"]
 
 
 def validation_history(model_dir: str) -> list:

@@ -181,6 +181,10 @@ def summary_markdown(summary: dict) -> str:
         ("validation top-5", f"{summary.get('val_top5', float('nan')):.4f}"),
         ("validation loss", f"{summary.get('val_loss', float('nan')):.4f}"),
         ("best validation top-1", f"{summary.get('best_val_top1', float('nan')):.4f} (epoch {summary.get('best_epoch', '?')})"),
+        *([("EMA weights: validation top-1 (exported)", f"{summary['ema_val_top1']:.4f}"),
+           ("EMA weights: best validation top-1",
+            f"{summary.get('best_ema_val_top1', float('nan')):.4f} (epoch {summary.get('best_ema_epoch', '?')})")]
+          if "ema_val_top1" in summary else []),
         ("epochs / steps", f"{summary.get('epochs')} / {summary.get('steps')}"),
         ("training images/s", f"{summary.get('train_images_per_sec', 0):.1f}"),
         ("precision / XLA", f"{summary.get('precision')} / {summary.get('xla')}"),

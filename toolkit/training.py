@@ -186,6 +186,8 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
     summary["history"] = outputs.validation_history(s.model_dir) or summary["history"]  # resumed parts included
     summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=s.info.counts.get("train", 0),
                    val_images=last.get("val_images"), config=s.config.to_dict())
+    if s.ema_model is not None:
+        summary["best_ema_val_top1"], summary["best_ema_epoch"] = outputs.best_epoch(s.model_dir, "ema_val_top1")
     final = s.ema_model if s.ema_model is not None else s.model  # what gets exported
     summary.update(_test_split(s, final))
     artifacts = {"weights": outputs.save_weights(final, s.model_dir)}
@@ -195,7 +197,10 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
     outputs.write_summary(summary, s.model_dir)
     if s.config.export.export:
         _export(s.model_dir, s.config, summary)
-    log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}), {summary['train_images_per_sec']:.1f} img/s")
+    ema = (f"; EMA weights (exported) {summary['ema_val_top1']:.4f} (best {summary['best_ema_val_top1']:.4f})"
+           if "ema_val_top1" in summary else "")
+    log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}){ema}, "
+        f"{summary['train_images_per_sec']:.1f} img/s")
     log(f"wrote {s.model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
         "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
 
