@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit import evaluate, runtimes
+from toolkit import runtimes, scoring
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,9 @@ def check_reports(out, metrics, model, labelled):
 @pytest.mark.slow
 def test_folder_accuracy_equals_the_hand_count(model, labelled, tmp_path):
     root, files = labelled
-    data = evaluate.read_labelled(root)
+    data = scoring.read_labelled(root)
     out = str(tmp_path / "eval")
-    metrics = evaluate.evaluate(runtimes.load_model(model.dir), data, out, batch_size=4, log=lambda _: None)
+    metrics = scoring.evaluate(runtimes.load_model(model.dir), data, out, batch_size=4, log=lambda _: None)
     check_reports(out, metrics, model, files)
     assert metrics["backend"] == "onnx" and metrics["data_format"] == "folder"
     assert [f["input"] for f in metrics["failures"]] == [os.path.join(root, "bees", "broken.jpg")]
@@ -82,17 +82,17 @@ def test_shards_with_other_label_numbers_and_the_savedmodel_give_the_same(model,
     # the shards' class order is reversed and labels count from 1: matched to the model by name
     ih.write_shard(str(shards_dir / "val-00000-of-00001.tfrecord"), [(p, 2 - label) for p, label in files])
     (shards_dir / "labels.txt").write_text("bees\nants\n")
-    data = evaluate.read_labelled(str(shards_dir))
+    data = scoring.read_labelled(str(shards_dir))
     assert data.source == "tfrecord" and data.class_names == ("bees", "ants")
     out = str(tmp_path / "eval")
-    metrics = evaluate.evaluate(runtimes.load_model(model.dir, "savedmodel"), data, out, label_offset=1, grid=6, log=lambda _: None)
+    metrics = scoring.evaluate(runtimes.load_model(model.dir, "savedmodel"), data, out, label_offset=1, grid=6, log=lambda _: None)
     check_reports(out, metrics, model, files)
     assert metrics["failures"] == []
 
 
 def test_classes_the_model_does_not_know_are_refused():
     with pytest.raises(runtimes.InferenceError, match="--data: classes wasps are not among"):
-        evaluate.label_mapping(("ants", "wasps"), ("ants", "bees"))
+        scoring.label_mapping(("ants", "wasps"), ("ants", "bees"))
 
 
 @pytest.mark.slow
@@ -127,15 +127,15 @@ def test_the_test_split_is_read_by_name_from_folders_and_shards(tmp_path):
     src = tmp_path / "photos"
     written = dh.write_folder(str(src), None, split_dirs={"train": {"ants": 4, "bees": 4}, "validation": {"ants": 1, "bees": 1},
                                                          "test": {"ants": 2, "bees": 3}})
-    data = evaluate.read_labelled(str(src), "test")
+    data = scoring.read_labelled(str(src), "test")
     assert data.source == "folder" and data.directory == str(src / "test") and data.class_names == ("ants", "bees")
     expected = sorted((str(src / rel), ("ants", "bees").index(rel.split(os.sep)[1])) for rel in written if rel.startswith("test"))
     assert sorted(zip(data.inputs.files, data.inputs.labels)) == expected
-    assert evaluate.read_labelled(str(src), "val").directory == str(src / "validation")  # --split val finds validation/
+    assert scoring.read_labelled(str(src), "val").directory == str(src / "validation")  # --split val finds validation/
 
     out = tmp_path / "shards"
     folder.convert_folder(str(src), str(out), workers=1, progress=False)
-    data = evaluate.read_labelled(str(out), "test")
+    data = scoring.read_labelled(str(out), "test")
     assert data.source == "tfrecord" and data.inputs.count == 5
     assert data.inputs.files == shards.read_dataset_info(str(out)).split_files("test")
     assert all(os.path.basename(f).startswith("test-") for f in data.inputs.files)
@@ -144,7 +144,7 @@ def test_the_test_split_is_read_by_name_from_folders_and_shards(tmp_path):
     dh.write_folder(str(tmp_path / "flat"), {"ants": 3, "bees": 3})
     folder.convert_folder(str(tmp_path / "flat"), str(flat), workers=1, progress=False)
     with pytest.raises(runtimes.InferenceError, match=r"--split: .* has no 'test' shards \(it has train, val\)"):
-        evaluate.read_labelled(str(flat), "test")
+        scoring.read_labelled(str(flat), "test")
 
 
 @pytest.mark.slow
@@ -157,8 +157,8 @@ def test_test_split_scores_the_same_as_shards_and_as_a_folder(model, tmp_path):
         ih.copy_into(str(src / split / "bees"), ih.photos("bees", 2, start=start))
     folder.convert_folder(str(src), str(tmp_path / "shards"), workers=1, progress=False)
     loaded = runtimes.load_model(model.dir)
-    by_folder = evaluate.evaluate(loaded, evaluate.read_labelled(str(src), "test"), str(tmp_path / "a"), grid=0, log=lambda _: None)
-    by_shards = evaluate.evaluate(loaded, evaluate.read_labelled(str(tmp_path / "shards"), "test"), str(tmp_path / "b"), grid=0,
+    by_folder = scoring.evaluate(loaded, scoring.read_labelled(str(src), "test"), str(tmp_path / "a"), grid=0, log=lambda _: None)
+    by_shards = scoring.evaluate(loaded, scoring.read_labelled(str(tmp_path / "shards"), "test"), str(tmp_path / "b"), grid=0,
                                   log=lambda _: None)
     assert by_folder["images"] == by_shards["images"] == 4
     assert by_folder["confusion_matrix"] == by_shards["confusion_matrix"]

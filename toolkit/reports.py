@@ -1,7 +1,7 @@
 """Pictures and summaries of a run: curves.png, confusion_matrix.png/.json, predictions.png, summary.md.
 
 Pure functions of plain data (metrics records, labels, predictions, images), so they can be
-called by the trainer, by toolkit.evaluate, or on an old run's metrics.jsonl.
+called by the trainer, by toolkit.scoring (python -m toolkit.evaluate), or on an old run's metrics.jsonl.
 """
 
 from __future__ import annotations
