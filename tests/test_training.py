@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -34,7 +35,9 @@ def read_weights(path):
 @pytest.mark.slow
 def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo_data):
     model_dir = tmp_path / "run"
+    started = time.time()
     first = train(model_dir, f"--data_dir={demo_data}", "--epochs=1")
+    wall = time.time() - started
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     for key in ("val_top1", "val_top5", "val_loss", "epochs", "steps", "train_images_per_sec", "precision", "xla",
@@ -46,6 +49,9 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert summary["params"] == 23_572_996  # ResNet50V2 with a 4-class head
     assert 0 <= summary["val_top1"] <= summary["val_top5"] <= 1 and np.isfinite(summary["val_loss"])
     assert summary["train_images_per_sec"] > 0
+    # training time: within the process's wall time, and at least the time between the first and last metrics lines
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["time"] - records[0]["time"] <= summary["train_seconds"] + 0.1 < wall + 0.1
     # TensorFlow's own INFO lines (checkpoint writes, ...) stay out of the console unless --verbosity is given
     assert not re.search(r"^I\d{4} .*\.py:\d+\]", first.stdout + first.stderr, re.M), first.stderr[-2000:]
     run_record = json.loads((model_dir / "run.json").read_text())

@@ -46,8 +46,9 @@ def fit(session: Session) -> dict:
     `checkpoint_every` steps and at each epoch end, an evaluation every `eval_every` epochs and
     after the last, and the stop at the first non-finite loss (TrainingDiverged).
     Returns {"evaluations": [...], "last": the last evaluation, "steps": the final step,
-    "images_per_sec": training images/s of this process}.
+    "images_per_sec": training images/s of this process, "seconds": wall time of this call}.
     """
+    started = time.time()
     t, s = session.config.train, session
     speed = Speedometer(s.data.batch_size, t.speed_warmup_steps)
     metrics = MetricsLog(s.model_dir if s.runtime.is_chief else None)
@@ -89,7 +90,8 @@ def fit(session: Session) -> dict:
         metrics.close()
         if watch:
             watch.stop()  # the last collective is done: the chief may now leave
-    return {"evaluations": evaluations, "last": last, "steps": step, "images_per_sec": speed.rate()}
+    return {"evaluations": evaluations, "last": last, "steps": step, "images_per_sec": speed.rate(),
+            "seconds": time.time() - started}
 
 
 def _steps_until_the_host_is_needed(step: int, epoch_end: int, t, steps_per_loop: int) -> int:
@@ -157,6 +159,8 @@ def finish(session: Session, history: dict) -> dict:
         "epochs": config.train.epochs,
         "steps": history["steps"],
         "train_images_per_sec": history["images_per_sec"],
+        # training and evaluations, in this process (a resumed run: its last part only)
+        "train_seconds": round(history["seconds"], 1),
         "precision": rt.precision,
         "xla": rt.xla,
         "replicas": rt.num_replicas,

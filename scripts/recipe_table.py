@@ -1,0 +1,105 @@
+"""Compare finished training runs in one markdown table: how the README's recipe table is made.
+
+  python scripts/recipe_table.py runs/a runs/b ... [--markdown table.md]
+
+Each argument is a run directory (summary.json, run.json, metrics.jsonl). One row per run: seed,
+image size, epochs, the small-data techniques it used, the final validation top-1 of the weights it
+exports (the EMA weights when --ema_decay was set; the raw weights' figure beside it), the best
+evaluation of those weights and its epoch, the range over the last 10 evaluations (how far a re-run
+may land from the final figure), training minutes (training and evaluations, from summary.json;
+runs from before that field: the span of metrics.jsonl, marked ~), threads, and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HEADER = ("run", "seed", "px", "epochs", "techniques", "final val top-1", "best (epoch)", "last 10 evals", "minutes",
+          "threads", "machine")
+
+
+def _read(path: str):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()] if path.endswith(".jsonl") else json.load(f)
+
+
+def techniques(config: dict) -> str:
+    """The small-data techniques of a run's recorded config, in words ("-": none)."""
+    data, train = config.get("data", {}), config.get("train", {})
+    used = []
+    if train.get("ema_decay"):
+        used.append(f"EMA {train['ema_decay']:g}")
+    if data.get("randaugment"):
+        used.append(f"RandAugment {data['randaugment']}")
+    if data.get("mixup_alpha"):
+        used.append(f"mixup {data['mixup_alpha']:g}")
+    if data.get("cutmix_alpha"):
+        used.append(f"CutMix {data['cutmix_alpha']:g}")
+    return ", ".join(used) or "-"
+
+
+def row(run_dir: str) -> dict:
+    """The figures of one finished run (see the module doc)."""
+    summary = _read(os.path.join(run_dir, "summary.json"))
+    config = summary.get("config", {})
+    evals = [r for r in _read(os.path.join(run_dir, "metrics.jsonl")) if r.get("kind") == "val"]
+    if not evals:
+        raise ValueError("metrics.jsonl holds no evaluation")
+    key = "ema_val_top1" if summary.get("exported_weights") == "ema" else "val_top1"
+    best = max(evals, key=lambda r: r[key])
+    tail = [r[key] for r in evals[-10:]]
+    seconds = summary.get("train_seconds")
+    records = _read(os.path.join(run_dir, "metrics.jsonl"))
+    minutes = f"{seconds / 60:.1f}" if seconds is not None else f"~{(records[-1]['time'] - records[0]['time']) / 60:.1f}"
+    final = f"{100 * summary[key]:.1f}%" + (f" (raw {100 * summary['val_top1']:.1f}%)" if key != "val_top1" else "")
+    threads = summary.get("threads") or {}
+    machine = summary.get("machine") or {}
+    return {
+        "run": os.path.basename(os.path.normpath(run_dir)),
+        "seed": config.get("data", {}).get("seed", "?"),
+        "px": summary.get("image_size"),
+        "epochs": summary.get("epochs"),
+        "techniques": techniques(config),
+        "final val top-1": final,
+        "best (epoch)": f"{100 * best[key]:.1f}% ({best['epoch']})",
+        "last 10 evals": f"{100 * min(tail):.1f}-{100 * max(tail):.1f}%",
+        "minutes": minutes,
+        "threads": f"{threads.get('intra_op', '?')}+{threads.get('inter_op', '?')}",
+        "machine": f"{machine.get('cpu', '?')}, oneDNN {machine.get('onednn', '?')}, {summary.get('precision', '?')}",
+    }
+
+
+def markdown(rows: list) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(str(r[h]) for h in HEADER) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="finished run directories")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    for run_dir in args.runs:
+        try:
+            rows.append(row(run_dir))
+        except (OSError, KeyError, ValueError) as e:
+            what = f"no {e} in summary.json" if isinstance(e, KeyError) else str(e)
+            print(f"error: {run_dir}: not a finished run ({what})", file=sys.stderr)
+            return 2
+    text = markdown(rows)
+    print(text, end="")
+    if args.markdown:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from toolkit import atomic
+
+        atomic.write_text(args.markdown, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
