@@ -7,7 +7,8 @@ image size, epochs, the small-data techniques it used, the final validation top-
 exports (the EMA weights when --ema_decay was set; the raw weights' figure beside it), the best
 evaluation of those weights and its epoch, the range over the last 10 evaluations (how far a re-run
 may land from the final figure), training minutes (training and evaluations, from summary.json;
-runs from before that field: the span of metrics.jsonl, marked ~), threads, and the machine.
+runs from before that field: the span of metrics.jsonl, marked ~), threads (intra+inter op; auto:
+TensorFlow's own choice), and the machine.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def row(run_dir: str) -> dict:
         "best (epoch)": f"{100 * best[key]:.1f}% ({best['epoch']})",
         "last 10 evals": f"{100 * min(tail):.1f}-{100 * max(tail):.1f}%",
         "minutes": minutes,
-        "threads": f"{threads.get('intra_op', '?')}+{threads.get('inter_op', '?')}",
+        "threads": "+".join(str(threads.get(k, "?") or "auto") for k in ("intra_op", "inter_op")),  # 0: TensorFlow's choice
         "machine": f"{machine.get('cpu', '?')}, oneDNN {machine.get('onednn', '?')}, {summary.get('precision', '?')}",
     }
 
