@@ -45,16 +45,24 @@ def techniques(config: dict) -> str:
 def row(run_dir: str) -> dict:
     """The figures of one finished run (see the module doc)."""
     summary = _read(os.path.join(run_dir, "summary.json"))
-    config = summary.get("config", {})
-    evals = [r for r in _read(os.path.join(run_dir, "metrics.jsonl")) if r.get("kind") == "val"]
-    if not evals:
-        raise ValueError("metrics.jsonl holds no evaluation")
     key = "ema_val_top1" if summary.get("exported_weights") == "ema" else "val_top1"
+    for field in (key, "val_top1", "image_size", "epochs"):
+        if field not in summary:
+            raise ValueError(f"summary.json has no {field}")
+    config = summary.get("config", {})
+    records = _read(os.path.join(run_dir, "metrics.jsonl"))
+    evals = [r for r in records if r.get("kind") == "val" and key in r and "epoch" in r]
+    if not evals:
+        raise ValueError(f"metrics.jsonl holds no evaluation with {key}")
     best = max(evals, key=lambda r: r[key])
     tail = [r[key] for r in evals[-10:]]
     seconds = summary.get("train_seconds")
-    records = _read(os.path.join(run_dir, "metrics.jsonl"))
-    minutes = f"{seconds / 60:.1f}" if seconds is not None else f"~{(records[-1]['time'] - records[0]['time']) / 60:.1f}"
+    if seconds is None:  # runs from before train_seconds: the span of their metrics lines
+        times = [r["time"] for r in records if "time" in r] or [0.0]
+        seconds, approx = max(times) - min(times), "~"
+    else:
+        approx = ""
+    minutes = f"{approx}{seconds / 60:.1f}"
     final = f"{100 * summary[key]:.1f}%" + (f" (raw {100 * summary['val_top1']:.1f}%)" if key != "val_top1" else "")
     threads = summary.get("threads") or {}
     machine = summary.get("machine") or {}
@@ -88,9 +96,8 @@ def main(argv=None) -> int:
     for run_dir in args.runs:
         try:
             rows.append(row(run_dir))
-        except (OSError, KeyError, ValueError) as e:
-            what = f"no {e} in summary.json" if isinstance(e, KeyError) else str(e)
-            print(f"error: {run_dir}: not a finished run ({what})", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            print(f"error: {run_dir}: not a finished run ({e})", file=sys.stderr)
             return 2
     text = markdown(rows)
     print(text, end="")

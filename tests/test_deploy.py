@@ -202,12 +202,16 @@ def test_the_model_card_and_summary_report_the_ema_weights_when_those_were_expor
     md = reports.summary_markdown(summary)
     assert "| EMA weights: validation top-1 (exported) | 0.7500 |" in md
     assert "| EMA weights: best validation top-1 | 0.7700 (epoch 40) |" in md
-    # best_epoch ranks by the key asked for, over evaluations that have it
+    assert "training time" not in md  # a summary without train_seconds gets no made-up row
+    assert "| training time (with evaluations) | 21.5 min |" in reports.summary_markdown({**summary, "train_seconds": 1290.0})
+    # best_epoch ranks by the key asked for, over the evaluations metrics.jsonl holds that have it
     lines = [{"kind": "val", "epoch": 1, "val_top1": 0.6, "ema_val_top1": 0.5},
              {"kind": "train", "epoch": 2, "top1": 0.99},
              {"kind": "val", "epoch": 2, "val_top1": 0.5, "ema_val_top1": 0.7},
              {"kind": "val", "epoch": 3, "val_top1": 0.55}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert outputs.best_epoch(str(tmp_path)) == (0.6, 1)
-    assert outputs.best_epoch(str(tmp_path), "ema_val_top1") == (0.7, 2)
-    assert outputs.best_epoch(str(tmp_path / "nothing"), "ema_val_top1")[1] is None
+    history = outputs.validation_history(str(tmp_path))
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert outputs.best_epoch(history) == (0.6, 1)
+    assert outputs.best_epoch(history, "ema_val_top1") == (0.7, 2)
+    assert outputs.best_epoch([{"epoch": 1, "val_top1": 0.6}], "ema_val_top1")[1] is None

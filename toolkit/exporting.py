@@ -50,7 +50,7 @@ LABELS = "labels.txt"
 SAVED_MODEL = "saved_model"
 ONNX_FILES = {"onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 WEIGHTS = "model.weights.h5"
-CALIBRATION_IMAGES, ONNX_LEVELS = deploy.CALIBRATION_IMAGES, export_gate.ONNX_LEVELS
+CALIBRATION_IMAGES = deploy.CALIBRATION_IMAGES
 
 
 class ExportError(ValueError):

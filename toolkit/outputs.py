@@ -87,12 +87,10 @@ def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: 
     return paths
 
 
-def best_epoch(model_dir: str, key: str = "val_top1") -> tuple:
-    """(best value of `key`, its epoch) over the whole run's evaluations, resumed parts included;
-    key "ema_val_top1" ranks the EMA weights. (nan, None) when no evaluation has it."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    records = reports.read_metrics(path) if os.path.exists(path) else []
-    vals = [r for r in records if r.get("kind") == "val" and key in r]
+def best_epoch(evaluations: list, key: str = "val_top1") -> tuple:
+    """(best value of `key`, its epoch) among `evaluations` (validation_history's records); key
+    "ema_val_top1" ranks the EMA weights. (nan, None) when no evaluation has it."""
+    vals = [r for r in evaluations if key in r]
     if not vals:
         return float("nan"), None
     best = max(vals, key=lambda r: r[key])

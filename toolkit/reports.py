@@ -187,7 +187,8 @@ def summary_markdown(summary: dict) -> str:
           if "ema_val_top1" in summary else []),
         ("epochs / steps", f"{summary.get('epochs')} / {summary.get('steps')}"),
         ("training images/s", f"{summary.get('train_images_per_sec', 0):.1f}"),
-        ("training time (with evaluations)", f"{summary.get('train_seconds', float('nan')) / 60:.1f} min"),
+        *([("training time (with evaluations)", f"{summary['train_seconds'] / 60:.1f} min")]
+          if "train_seconds" in summary else []),
         ("precision / XLA", f"{summary.get('precision')} / {summary.get('xla')}"),
         ("strategy", f"{summary.get('distribution')} x{summary.get('replicas')} replicas, {summary.get('workers', 1)} worker(s)"),
         ("model", f"ResNetV2, {summary.get('params', 0):,} parameters, {summary.get('image_size')} px, {summary.get('num_classes')} classes"),

@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit import atomic, inference, prediction_files, runtimes
 from toolkit.data import splits
-from toolkit.data.listing import subdirs
+from toolkit.data.listing import holds_shards, subdirs
 
 TOP_K = 5
 GRID = 24
@@ -30,18 +30,12 @@ class LabelledData:
     directory: str
 
 
-def _holds_shards(path: str) -> bool:
-    """Whether a directory looks like shards (what shards.read_dataset_info reads), without importing TensorFlow."""
-    names = [e.name for e in os.scandir(path) if e.is_file()]
-    return "manifest.json" in names or any(n.startswith(f"{s}-") for n in names for s in splits.ALL_NAMES)
-
-
 def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
     """The labelled images of a folder (DIR/<class>/..., or DIR/<split>/<class>/...) or of TFRecord
     shards (the `split` shards), as toolkit.evaluate's --data describes."""
     if not data_dir or not os.path.isdir(data_dir):
         raise runtimes.InferenceError(f"--data: {data_dir!r} is not a directory")
-    if _holds_shards(data_dir):
+    if holds_shards(data_dir):
         from toolkit.data import shards
 
         try:

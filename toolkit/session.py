@@ -28,6 +28,7 @@ from toolkit.models import resnet_v2
 
 # the record fields that must match for a resume to make sense
 _SHAPING_FIELDS = ("num_classes", "image_size", "depth", "ema")
+_FLAG_OF = {"num_classes": "num_classes", "image_size": "image_size", "depth": "depth", "ema": "ema_decay"}
 
 
 @dataclasses.dataclass
@@ -209,7 +210,7 @@ def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> 
     for key in _SHAPING_FIELDS:
         if key in record and record[key] != facts[key]:
             raise ConfigError(
-                f"--{key}: {model_dir} holds a run with {key}={record[key]}, this run has {facts[key]}; "
+                f"--{_FLAG_OF[key]}: {model_dir} holds a run with {key}={record[key]}, this run has {facts[key]}; "
                 "use --fresh or another --model_dir"
             )
 

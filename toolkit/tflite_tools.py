@@ -23,7 +23,6 @@ from toolkit import atomic, runtimes
 
 SIGNATURE = runtimes.TFLITE_SIGNATURE
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("probabilities", "logits")
 
 
 def convert(saved_model_dir: str, out_path: str, calibration_batches: Iterable[np.ndarray] | None = None) -> int:

@@ -186,12 +186,12 @@ def finish(session: Session, history: dict) -> dict:
 
 
 def _write_outputs(s: Session, summary: dict, last: dict) -> None:
-    best_top1, best_at = outputs.best_epoch(s.model_dir)
     summary["history"] = outputs.validation_history(s.model_dir) or summary["history"]  # resumed parts included
+    best_top1, best_at = outputs.best_epoch(summary["history"])
     summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=s.info.counts.get("train", 0),
                    val_images=last.get("val_images"), config=s.config.to_dict())
     if s.ema_model is not None:
-        summary["best_ema_val_top1"], summary["best_ema_epoch"] = outputs.best_epoch(s.model_dir, "ema_val_top1")
+        summary["best_ema_val_top1"], summary["best_ema_epoch"] = outputs.best_epoch(summary["history"], "ema_val_top1")
     final = s.ema_model if s.ema_model is not None else s.model  # what gets exported
     summary.update(_test_split(s, final))
     artifacts = {"weights": outputs.save_weights(final, s.model_dir)}

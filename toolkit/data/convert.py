@@ -18,13 +18,12 @@ module next to the trainer's flags cannot clash.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
 from absl import app, flags
 
-from toolkit.data import external, folder, shards, splits, writer
+from toolkit.data import external, folder, listing, writer
 
 FORMATS = ("auto", "folder", "tfrecord")
 
@@ -62,12 +61,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
 
 
-def _looks_like_tfrecords(src: str) -> bool:
-    if os.path.exists(os.path.join(src, shards.MANIFEST)):
-        return True
-    return any(os.path.isfile(p) for prefix in splits.ALL_NAMES for p in glob.glob(os.path.join(src, f"{prefix}-*")))
-
-
 def convert_with_flags(fv: flags.FlagValues = flags.FLAGS) -> writer.Conversion:
     """Run the conversion the parsed flags describe."""
     common = dict(workers=fv.workers, max_side=fv.max_side, quality=fv.jpeg_quality, overwrite=fv.overwrite, progress=fv.progress)
@@ -96,7 +89,7 @@ def convert_with_flags(fv: flags.FlagValues = flags.FLAGS) -> writer.Conversion:
         raise writer.ConversionError(f"--src: {fv.src} is not a directory")
     src_format = fv.src_format
     if src_format == "auto":
-        src_format = "tfrecord" if _looks_like_tfrecords(fv.src) else "folder"
+        src_format = "tfrecord" if listing.holds_shards(fv.src) else "folder"
     if src_format == "tfrecord":
         return external.convert_tfrecords(fv.src, fv.out, label_offset=fv.label_offset, **common)
     return folder.convert_folder(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from toolkit.data import splits
+
 
 def visible(name: str) -> bool:
     """Whether a file or folder name is not hidden."""
@@ -20,3 +22,12 @@ def subdirs(path: str) -> list:
 def plain_files(path: str) -> list:
     """The names of the visible non-folders directly in `path`, sorted."""
     return sorted(e.name for e in os.scandir(path) if not e.is_dir() and visible(e.name))
+
+
+def holds_shards(path: str) -> bool:
+    """Whether a directory holds TFRecord shards: a manifest.json, or files named like a split's
+    shards (train-*, val-*, validation-*, test-*). False for a path that is not a directory."""
+    if not os.path.isdir(path):
+        return False
+    names = [e.name for e in os.scandir(path) if e.is_file()]
+    return "manifest.json" in names or any(n.startswith(f"{s}-") for n in names for s in splits.ALL_NAMES)

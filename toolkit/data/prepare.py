@@ -14,14 +14,12 @@ crash mid-way leaves the previous conversion or nothing, and a stale conversion 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 from typing import Callable
 
-from toolkit.data import splits
-from toolkit.data.listing import visible
+from toolkit.data.listing import holds_shards, visible  # noqa: F401 - holds_shards: prepare's callers ask it too
 
 DIGEST_KEY = "source_digest"
 # Below this many training images the data is "small": the ImageNet recipe (224 px, batch 64,
@@ -32,13 +30,6 @@ SMALL_DATA_RECIPE = "configs/small_data.flags"
 
 class PrepareError(ValueError):
     """--data_dir cannot be used or converted; one line naming the flag."""
-
-
-def holds_shards(path: str) -> bool:
-    """Whether a directory holds shards (a manifest, or files named like train-*, val-*, test-*)."""
-    if os.path.isfile(os.path.join(path, "manifest.json")):
-        return True
-    return any(os.path.isfile(p) for name in splits.ALL_NAMES for p in glob.glob(os.path.join(path, f"{name}-*")))
 
 
 def folder_digest(src: str) -> str:

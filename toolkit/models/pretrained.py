@@ -62,9 +62,11 @@ def imagenet_weights_path(depth: int) -> str:
     name, expected = file_name(depth), NOTOP_MD5[depth]
     origin = BASE_URL + name
     cached = os.path.join(cache_dir(), "models", name)
-    if os.path.isfile(cached) and md5_of(cached) != expected:
-        raise WeightsUnavailable(f"{cached} is not the published file (md5 {expected}); delete it or replace it "
-                                 f"with {origin}")
+    if os.path.isfile(cached):  # hashed once here; keras.utils.get_file would hash it again
+        if md5_of(cached) != expected:
+            raise WeightsUnavailable(f"{cached} is not the published file (md5 {expected}); delete it or replace it "
+                                     f"with {origin}")
+        return cached
     try:
         return keras.utils.get_file(name, origin, cache_subdir="models", file_hash=expected, cache_dir=cache_dir())
     except Exception as e:  # noqa: BLE001 - URL errors, hash errors: all say the same to the user
