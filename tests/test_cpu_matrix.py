@@ -67,6 +67,9 @@ def test_a_bf16_two_replica_run_with_ema_evaluates_every_image_and_exports_the_a
     # --ema_decay: evaluated beside the raw weights, and the EMA weights are the ones written and exported
     assert run["exported_weights"] == "ema" and 0 <= run["ema_val_top1"] <= 1
     assert run["exported_equals"]["ema"] == 0 and run["exported_equals"]["raw"] > 1e-4
+    # --train_sizes 40@1,48@2: two epochs of other sizes trained, evaluated each time and exported at 32 px
+    assert run["steps"] == 4 and run["history_epochs"] == [1, 2] and run["image_size"] == 32
+    assert run["export_image_size"] == 32
 
 
 def test_batch_inference_scores_every_image_alike_in_both_formats(matrix):

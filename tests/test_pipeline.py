@@ -161,8 +161,8 @@ def train_batches(data_dir, count, **kw):
     info = shards.read_dataset_info(str(data_dir))
     options = {"start_epoch": kw.pop("start_epoch", 0), "skip_steps": kw.pop("skip_steps", 0),
                "num_classes": kw.pop("num_classes", 0)}
-    config = DataConfig(data_dir=str(data_dir), image_size=32, batch_size=3, deterministic=True, shuffle_buffer=4,
-                        **{"seed": 5, **kw})
+    config = DataConfig(data_dir=str(data_dir), batch_size=3, deterministic=True, shuffle_buffer=4,
+                        **{"seed": 5, "image_size": 32, **kw})
     ds = pipeline.make_train_dataset(config, info.split_files("train"), steps_per_epoch=3, **options)
     return ds, list(ds.take(count).as_numpy_iterator())
 
@@ -226,3 +226,25 @@ def test_randaugment_keeps_the_crop_and_flip_seeds():
         s = tf.constant(seed, tf.int64)
         three = tf.random.experimental.stateless_split(s, num=3).numpy()
         np.testing.assert_array_equal(three[:2], tf.random.experimental.stateless_split(s, num=2).numpy())
+
+
+def test_train_sizes_change_the_batch_size_at_their_epochs_and_nothing_else(photos):
+    """Progressive resizing: each epoch's batches come at its --train_sizes size, with the crops
+    and flips of a run at that size throughout (same seeds); a resume mid-schedule sees the same."""
+    ds, batches = train_batches(photos[1], 9, train_sizes="32@1,40@2,48@3", image_size=48)
+    assert ds.element_spec[0].shape.as_list() == [3, None, None, 3]
+    assert [x.shape[1:3] for x, _ in batches] == [(32, 32)] * 3 + [(40, 40)] * 3 + [(48, 48)] * 3
+    at_32, at_40 = train_batches(photos[1], 6)[1], train_batches(photos[1], 6, image_size=40)[1]
+    for (x, y), (px, py) in zip(batches[:3] + batches[3:6], at_32[:3] + at_40[3:6]):
+        np.testing.assert_array_equal(x, px)
+        np.testing.assert_array_equal(y, py)
+    resumed = train_batches(photos[1], 4, train_sizes="32@1,40@2,48@3", image_size=48, start_epoch=1, skip_steps=1)[1]
+    for (x, y), (tx, ty) in zip(resumed, batches[4:]):
+        np.testing.assert_array_equal(x, tx)
+        np.testing.assert_array_equal(y, ty)
+
+
+def test_one_train_size_keeps_the_batches_static_and_apart_from_the_eval_size(photos):
+    ds, batches = train_batches(photos[1], 4, train_sizes="40@1", image_size=64)
+    assert ds.element_spec[0].shape.as_list() == [3, 40, 40, 3]
+    assert all(x.shape == (3, 40, 40, 3) for x, _ in batches)

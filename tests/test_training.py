@@ -131,6 +131,10 @@ def test_bad_flags_stop_the_cli_with_one_line_naming_the_flag(tmp_path, flags, n
         (["--opset=99"], "--opset"),
         (["--parity_atol=-1"], "--parity_atol"),
         (["--parity_images=-1"], "--parity_images"),
+        (["--train_sizes=64@2"], "--train_sizes"),  # the first entry must start at epoch 1
+        (["--train_sizes=64@1,96@1"], "--train_sizes"),
+        (["--train_sizes=16@1"], "--train_sizes"),
+        (["--train_sizes=64"], "--train_sizes"),
     ],
 )
 def test_bad_flag_values_are_refused_by_the_config(argv, named):

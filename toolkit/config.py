@@ -35,7 +35,11 @@ class DataConfig:
     """Where the TFRecord shards are and how to read them; the seed of every random choice."""
 
     data_dir: str = _opt("", "Directory of TFRecord shards (from toolkit.data.convert); empty: the built-in demo dataset.")
-    image_size: int = _opt(224, "Square input size in pixels, at least 32.")
+    image_size: int = _opt(224, "Square input size in pixels, at least 32: what validation, test and the export see, "
+                                "and the training size unless --train_sizes says otherwise.")
+    train_sizes: str = _opt("", "Progressive resizing: training image sizes as SIZE@EPOCH entries, e.g. 64@1,96@41,128@81 "
+                                "(64 px from epoch 1, 96 from 41, 128 from 81); 96@1 with --image_size 128 trains small "
+                                "and evaluates larger (FixRes). Empty: --image_size throughout.")
     batch_size: int = _opt(64, "GLOBAL batch size, split evenly across all replicas of all workers.")
     label_offset: int = _opt(0, "Subtracted from stored labels, e.g. 1 for ImageNet shards that number classes 1..1000.")
     crop_min_scale: float = _opt(0.08, "Smallest area fraction of a random-resized training crop.")
@@ -173,6 +177,9 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(m.depth in DEPTHS, "depth", f"unsupported depth {m.depth}; choose one of {DEPTHS}")
     need(d.batch_size > 0, "batch_size", f"must be positive, got {d.batch_size}")
     need(d.image_size >= 32, "image_size", f"must be at least 32 (ResNet downsamples 32x), got {d.image_size}")
+    need(not d.train_sizes or parse_train_sizes(d.train_sizes) is not None, "train_sizes",
+         "must be SIZE@EPOCH entries (sizes at least 32, the first at epoch 1, epochs increasing), e.g. 64@1,96@41; "
+         f"got {d.train_sizes!r}")
     need(t.epochs > 0, "epochs", f"must be positive, got {t.epochs}")
     need(t.steps_per_epoch >= 0, "steps_per_epoch", f"must be zero or positive, got {t.steps_per_epoch}")
     need(t.learning_rate > 0, "learning_rate", f"must be positive, got {t.learning_rate}")
@@ -249,6 +256,28 @@ def _file_in_the_way(path: str):
             return None
         path = parent
     return None if os.path.isdir(path) else path
+
+
+def parse_train_sizes(value: str):
+    """[(first epoch, size), ...] from "SIZE@EPOCH,..." (epochs counted from 1, increasing, the first 1),
+    or None when it is not of that form."""
+    entries = []
+    for part in value.replace(" ", "").split(","):
+        size, _, epoch = part.partition("@")
+        if not (size.isdigit() and epoch.isdigit()):
+            return None
+        entries.append((int(epoch), int(size)))
+    epochs = [e for e, _ in entries]
+    if epochs[0] != 1 or epochs != sorted(set(epochs)) or min(s for _, s in entries) < 32:
+        return None
+    return entries
+
+
+def train_size_at(data: DataConfig, epoch: int) -> int:
+    """The training image size of `epoch` (counted from 1)."""
+    if not data.train_sizes:
+        return data.image_size
+    return [size for first, size in parse_train_sizes(data.train_sizes) if first <= epoch][-1]
 
 
 def parse_randaugment(value: str):

@@ -218,8 +218,10 @@ def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> 
 def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_epoch: int) -> tuple:
     """(model, optimizer, checkpointer, trainer), their variables created in the strategy's scope."""
     d, m, t = config.data, config.model, config.train
+    # --train_sizes: batches of other sizes than the evaluation's, so a model for any size
+    size = None if d.train_sizes else d.image_size
     with rt.strategy.scope():
-        model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
+        model = resnet_v2.build_model(num_classes, size, m.depth, m.sync_batchnorm, m.freeze_backbone)
         if m.init_weights:
             copied = resnet_v2.load_initial_weights(model, m.init_weights)
             log(f"--init_weights: copied {copied} layers from {m.init_weights}")
@@ -228,7 +230,7 @@ def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_e
         trackables = {"model": model, "optimizer": optimizer}
         average = None
         if t.ema_decay:
-            ema_model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
+            ema_model = resnet_v2.build_model(num_classes, size, m.depth, m.sync_batchnorm, m.freeze_backbone)
             average = ema.WeightAverage(model, ema_model, t.ema_decay)
             trackables["ema_model"] = ema_model
         checkpointer = ckpt_lib.Checkpointer(t.model_dir, rt.is_chief, t.keep_checkpoints, **trackables)

@@ -251,7 +251,8 @@ def _already_finished(s: Session) -> dict:
 def _log_start(s: Session) -> None:
     rt, d, m, t = s.runtime, s.data, s.config.model, s.config.train
     where = f"resuming from {s.restored} at step {s.start_step}" if s.restored else "starting"
-    log(f"{where}: ResNet{m.depth}V2 {d.image_size}px, {s.facts['num_classes']} classes, {s.model.count_params():,} "
+    sizes = f" (training at {d.train_sizes} px@epoch)" if d.train_sizes else ""
+    log(f"{where}: ResNet{m.depth}V2 {d.image_size}px{sizes}, {s.facts['num_classes']} classes, {s.model.count_params():,} "
         f"params | {rt.distribution} x{rt.num_replicas} {rt.device_kind} replicas, {rt.precision}, "
         f"xla={'on' if rt.xla else 'off'} | global batch {d.batch_size}, {s.steps_per_epoch} steps/epoch, "
         f"{t.epochs} epochs | {_device_line(rt)}")

@@ -129,16 +129,20 @@ def end_to_end(base):
     data = sources.write_demo_dataset(os.path.join(base, "data"), train_count=32, val_count=25, image_size=40,
                                       num_shards=2)
     config = Config(
+        # progressive resizing: epoch 1 at 40 px, epoch 2 at 48, evaluated and exported at 32
         data=DataConfig(data_dir=data, image_size=32, batch_size=8, seed=5, randaugment="2,9", mixup_alpha=0.2,
-                        cutmix_alpha=1.0),
-        train=TrainConfig(model_dir=os.path.join(base, "run"), epochs=1, steps_per_epoch=2, optimizer="sgd",
+                        cutmix_alpha=1.0, train_sizes="40@1,48@2"),
+        train=TrainConfig(model_dir=os.path.join(base, "run"), epochs=2, steps_per_epoch=2, optimizer="sgd",
                           learning_rate=0.01, warmup_epochs=0, precision="bf16", cpu_replicas=2, log_every=2,
                           steps_per_loop=2, ema_decay=0.9),
         export=ExportConfig(parity_images=0),
     )
     summary = training.run(config)
     result = {k: summary.get(k) for k in ("val_images", "val_top1", "ema_val_top1", "exported_weights", "replicas",
-                                          "precision", "xla", "export", "machine")}
+                                          "precision", "xla", "export", "machine", "image_size", "steps")}
+    result["history_epochs"] = [row["epoch"] for row in summary["history"]]
+    with open(os.path.join(summary["export"]["export_dir"], "export.json")) as f:
+        result["export_image_size"] = json.load(f)["image_size"]
     result["exported_equals"] = exported_weights_equal(os.path.join(base, "run"))
     return data, result
 

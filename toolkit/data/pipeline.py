@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from toolkit.config import DataConfig, parse_randaugment
+from toolkit.config import DataConfig, parse_randaugment, parse_train_sizes
 from toolkit.data import augment, mixing, preprocess, schema
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -127,7 +127,7 @@ def make_train_dataset(
     records_per_epoch = steps_per_epoch * batch * replicas_here
     files = _shard_files(files, num_pipelines, pipeline_id)
     seed = int(config.seed)
-    image_size = config.image_size
+    image_size = _size_of_epoch(config)
 
     cached = None
     if config.cache:
@@ -149,7 +149,7 @@ def make_train_dataset(
     def parse(epoch, index, record):
         ex = schema.parse_example(record)
         element_seed = tf.stack([seed * 1000003 + epoch, index + pipeline_id * (1 << 40)])
-        image = augment.train_image(ex[schema.ENCODED], image_size, element_seed, config.crop_min_scale, randaugment)
+        image = augment.train_image(ex[schema.ENCODED], image_size(epoch), element_seed, config.crop_min_scale, randaugment)
         label = tf.cast(ex[schema.LABEL] - config.label_offset, tf.int32)
         if mix is None:
             return preprocess.normalize(image), label
@@ -161,6 +161,22 @@ def make_train_dataset(
         ds = ds.map(_mixer(mix, seed, pipeline_id, batch), num_parallel_calls=AUTOTUNE,
                     deterministic=config.deterministic or None)
     return ds.prefetch(AUTOTUNE).with_options(_options(config))
+
+
+def _size_of_epoch(config: DataConfig):
+    """epoch (from 0, a tensor) -> the training image size: --image_size, or --train_sizes' entry.
+
+    With one size the batches keep a static shape; with several their height and width are
+    unknown to the graph (the model is then built for any size, toolkit.session).
+    """
+    entries = parse_train_sizes(config.train_sizes) if config.train_sizes else None
+    if not entries:
+        return lambda epoch: config.image_size
+    if len(entries) == 1:
+        return lambda epoch: entries[0][1]
+    firsts = tf.constant([first - 1 for first, _ in entries], tf.int64)
+    sizes = tf.constant([size for _, size in entries], tf.int32)
+    return lambda epoch: sizes[tf.reduce_sum(tf.cast(firsts <= epoch, tf.int32)) - 1]
 
 
 def _mixer(mix: mixing.MixSettings, seed: int, pipeline_id: int, batch: int):

@@ -85,7 +85,7 @@ def build_backbone(inputs, depth: int = 50, sync_batchnorm: bool = False):
 
 def build_model(
     num_classes: int,
-    image_size: int,
+    image_size: int | None,
     depth: int = 50,
     sync_batchnorm: bool = False,
     freeze_backbone: bool = False,
@@ -98,7 +98,7 @@ def build_model(
 
     Args:
       num_classes: outputs of the dense head.
-      image_size: the side of the square input.
+      image_size: the side of the square input; None: any height and width (progressive resizing).
       depth: 50, 101 or 152 (STAGES).
       sync_batchnorm: BatchNorm statistics across replicas.
       freeze_backbone: train only the head.
