@@ -3,7 +3,7 @@
   python scripts/recipe_table.py runs/a runs/b ... [--markdown table.md]
 
 Each argument is a run directory (summary.json, run.json, metrics.jsonl). One row per run: seed,
-image size, epochs, the small-data techniques it used, the final validation top-1 of the weights it
+image size (with --train_sizes: the training sizes, then the evaluated size), epochs, the small-data techniques it used, the final validation top-1 of the weights it
 exports (the EMA weights when --ema_decay was set; the raw weights' figure beside it), the best
 evaluation of those weights and its epoch, the range over the last 10 evaluations (how far a re-run
 may land from the final figure), training minutes (training and evaluations, from summary.json;
@@ -42,6 +42,12 @@ def techniques(config: dict) -> str:
     return ", ".join(used) or "-"
 
 
+def pixels(data: dict, image_size) -> str:
+    """The image size; with --train_sizes the training sizes in order, then the evaluated one."""
+    sizes = [entry.partition("@")[0] for entry in data.get("train_sizes", "").replace(" ", "").split(",") if entry]
+    return f"{'>'.join(sizes)}, eval {image_size}" if sizes else str(image_size)
+
+
 def row(run_dir: str) -> dict:
     """The figures of one finished run (see the module doc)."""
     summary = _read(os.path.join(run_dir, "summary.json"))
@@ -69,7 +75,7 @@ def row(run_dir: str) -> dict:
     return {
         "run": os.path.basename(os.path.normpath(run_dir)),
         "seed": config.get("data", {}).get("seed", "?"),
-        "px": summary.get("image_size"),
+        "px": pixels(config.get("data", {}), summary.get("image_size")),
         "epochs": summary.get("epochs"),
         "techniques": techniques(config),
         "final val top-1": final,

@@ -29,7 +29,7 @@ def test_an_ema_run_is_judged_by_its_ema_weights_and_a_raw_run_by_its_raw_weight
     # 12 evaluations: the EMA weights peak at epoch 3 (0.80); the last 10 (epochs 3-12) span 0.70-0.80
     ema = [0.5, 0.6, 0.8, 0.7, 0.72, 0.74, 0.71, 0.73, 0.75, 0.76, 0.77, 0.75]
     raw = [0.55, 0.9, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.7]
-    config = {"data": {"seed": 1, "randaugment": "2,9", "mixup_alpha": 0.0, "cutmix_alpha": 1.0},
+    config = {"data": {"seed": 1, "randaugment": "2,9", "mixup_alpha": 0.0, "cutmix_alpha": 1.0, "train_sizes": "64@1,96@5"},
               "train": {"ema_decay": 0.995}}
     write_run(tmp_path / "with_ema", {
         "exported_weights": "ema", "ema_val_top1": 0.75, "val_top1": 0.7, "image_size": 96, "epochs": 12,
@@ -44,7 +44,7 @@ def test_an_ema_run_is_judged_by_its_ema_weights_and_a_raw_run_by_its_raw_weight
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("| run | seed | px | epochs | techniques | final val top-1 |")
-    assert lines[2] == ("| with_ema | 1 | 96 | 12 | EMA 0.995, RandAugment 2,9, CutMix 1 | 75.0% (raw 70.0%) | 80.0% (3) "
+    assert lines[2] == ("| with_ema | 1 | 64>96, eval 96 | 12 | EMA 0.995, RandAugment 2,9, CutMix 1 | 75.0% (raw 70.0%) | 80.0% (3) "
                         "| 70.0-80.0% | 21.5 | 2+2 | AMD EPYC, oneDNN on, bf16 |")
     assert lines[3] == "| plain | 0 | 128 | 12 | - | 70.0% | 90.0% (2) | 60.0-70.0% | ~5.0 | auto+auto | AMD EPYC, oneDNN on, fp32 |"
 
