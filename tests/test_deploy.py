@@ -122,7 +122,7 @@ def test_the_tflite_model_runs_in_litert_like_the_saved_model(model):
 @pytest.mark.slow
 def test_the_gate_fails_when_the_tflite_model_disagrees(model, tmp_path, monkeypatch):
     copy = tmp_path / "export"
-    shutil.copytree(model.dir, copy, ignore=shutil.ignore_patterns("triton"))
+    shutil.copytree(model.dir, copy)
     real = tflite_tools.gate_runner
 
     def shifted(path):
@@ -145,6 +145,10 @@ def test_the_gate_fails_when_the_tflite_model_disagrees(model, tmp_path, monkeyp
     assert record["status"] == "failed" and not record["formats"]["tflite"]["passed"] and record["formats"]["onnx"]["passed"]
     card = open(copy / "MODEL_CARD.md").read()
     assert "Parity gate: **failed**" in card and "| tflite | model.tflite | FAILED |" in card
+    # the Triton repository serves the re-verified model.onnx, whose metadata now says the gate failed
+    served = ort.InferenceSession(str(copy / "triton" / "resnet50v2" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert served.get_modelmeta().custom_metadata_map["toolkit_parity_passed"] == "false"
+    assert filecmp.cmp(copy / "triton" / "resnet50v2" / "1" / "model.onnx", copy / "model.onnx", shallow=False)
 
 
 def test_tflite_int8_without_training_images_stops_before_any_work(model, tmp_path):

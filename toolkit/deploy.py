@@ -79,6 +79,14 @@ def write_after_gate(tmp: str, export_record: dict, config: ExportConfig, model_
     write_model_card(tmp, export_record, model_dir)
 
 
+def refresh_triton(export_dir: str, export_record: dict, onnx_path: str) -> None:
+    """After a re-run of the gate: the Triton repository's ONNX models are the re-verified model.onnx
+    (the gate renamed a new file over the one the repository was linked to)."""
+    triton_record = export_record.get("triton") or {}
+    if triton_record.get("models"):
+        triton.refresh_onnx(os.path.join(export_dir, triton_record["repository"]), triton_record["models"], onnx_path)
+
+
 def write_model_card(export_dir: str, export_record: dict, model_dir: str) -> None:
     """MODEL_CARD.md in `export_dir`, from the export record and the run's summary.json and confusion_matrix.json."""
     summary, confusion = (_read_json(os.path.join(model_dir, name)) for name in ("summary.json", "confusion_matrix.json"))

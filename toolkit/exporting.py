@@ -306,6 +306,7 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
     layout = export_record.get("onnx", {}).get("layout", "nhwc")
     report = export_gate.gate(model, os.path.join(export_dir, SAVED_MODEL), paths, layout, record, info, parity_images, atol)
     atomic.write_json(os.path.join(export_dir, PARITY_REPORT), report)
+    deploy.refresh_triton(export_dir, export_record, paths["onnx"])
     export_record.update(status="passed" if report["passed"] else "failed", failures=report["failures"], verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          onnxruntime=report["onnxruntime"], litert=report["litert"], machine=report["machine"],
                          formats=export_gate.format_results(report, deploy.format_files(paths)))

@@ -86,6 +86,20 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def refresh_onnx(repo: str, models: dict, onnx_path: str) -> None:
+    """Point the repository's ONNX models at `onnx_path` again: a re-run of the parity gate rewrites
+    model.onnx (its proof in the metadata) by renaming a new file over it, which a hard link into the
+    repository does not follow. `models` is write_repository's answer (export.json's triton.models)."""
+    for entry in models.values():
+        if entry.get("platform") == "onnxruntime_onnx":
+            target = os.path.join(repo, entry["model"])
+            fresh = target + ".new"
+            if os.path.exists(fresh):
+                os.remove(fresh)
+            _link_or_copy(onnx_path, fresh)
+            os.replace(fresh, target)
+
+
 def write_repository(repo: str, name: str, onnx_path: str, saved_model_dir: str, labels_path: str, max_batch_size: int) -> dict:
     """Write the repository at `repo` (a new directory); returns {model name: {platform, config, model}} (paths relative to repo)."""
     models = {
