@@ -163,6 +163,17 @@ def test_train_val_and_test_folders_are_kept_and_other_folders_reported(tmp_path
     assert [os.path.basename(p) for p in info.split_files("test")] == [f"test-0000{i}-of-00004.tfrecord" for i in range(4)]
 
 
+def test_shards_without_val_are_named_with_the_splits_they_have_and_the_way_to_make_val(tmp_path):
+    src = tmp_path / "src"
+    dh.write_folder(str(src), None, split_dirs={"train": {"x": 3, "y": 2}, "test": {"x": 1, "y": 1}})
+    out = tmp_path / "out"
+    folder.convert_folder(str(src), str(out), val_fraction=0.0, workers=1, progress=False)
+    with pytest.raises(ValueError) as raised:
+        shards.read_dataset_info(str(out)).split_files("val")
+    assert str(raised.value) == (f"--data_dir: {out} has no 'val' shards (it has test, train); "
+                                 "python -m toolkit.data.convert --val_fraction 0.1 holds a share of train out as val")
+
+
 def test_without_val_folder_val_is_drawn_from_train_never_from_test(tmp_path):
     src = tmp_path / "src"
     written = dh.write_folder(str(src), None, split_dirs={"train": {"x": 8, "y": 4}, "test": {"x": 2, "y": 2}})

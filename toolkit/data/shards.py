@@ -68,7 +68,10 @@ class DatasetInfo:
     def split_files(self, split: str) -> tuple:
         files = self.files.get(split, ())
         if not files:
-            raise ValueError(f"--data_dir: {self.data_dir} has no {split!r} shards")
+            have = ", ".join(sorted(self.files)) or "none"
+            hint = ("; python -m toolkit.data.convert --val_fraction 0.1 holds a share of train out as val"
+                    if split == "val" else "")
+            raise ValueError(f"--data_dir: {self.data_dir} has no {split!r} shards (it has {have}){hint}")
         return files
 
 
