@@ -88,6 +88,9 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     resumed_summary = json.loads((model_dir / "summary.json").read_text())
     assert resumed_summary["steps"] == 12
     assert [h["epoch"] for h in resumed_summary["history"]] == [1, 3]  # the part before the resume kept
+    # checkpoints come with the evaluations (and every --checkpoint_every steps): none at epoch 2's end
+    saved = sorted(int(n.split("-")[1].split(".")[0]) for n in os.listdir(model_dir / "checkpoints") if n.endswith(".index"))
+    assert saved == [4, 12]
 
     # --fresh starts anew and keeps the old run aside
     third = train(model_dir, f"--data_dir={demo_data}", "--epochs=1", "--fresh")

@@ -101,7 +101,7 @@ class TrainConfig:
                                      "lost later stops the others within seconds (exit code 5).")
     fresh: bool = _opt(False, "Start anew even if model_dir holds checkpoints (the old run is moved to model_dir/previous-*).")
     log_every: int = _opt(20, "Steps between progress lines and metric records.")
-    checkpoint_every: int = _opt(500, "Steps between checkpoints (one is also written at each epoch end).")
+    checkpoint_every: int = _opt(500, "Steps between checkpoints (one is also written at each evaluation, see --eval_every).")
     keep_checkpoints: int = _opt(3, "How many recent checkpoints to keep.")
     eval_every: int = _opt(1, "Epochs between evaluations on the validation split (the last epoch is always evaluated).")
     speed_warmup_steps: int = _opt(5, "Steps left out of the reported images/s (tracing, compilation, pipeline fill).")

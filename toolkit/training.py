@@ -43,7 +43,7 @@ def fit(session: Session) -> dict:
     """Train from session.start_step to the last step; returns the history of this process.
 
     The cadences live here: a progress line every `log_every` steps, a checkpoint every
-    `checkpoint_every` steps and at each epoch end, an evaluation every `eval_every` epochs and
+    `checkpoint_every` steps and at each evaluation, an evaluation every `eval_every` epochs and
     after the last, and the stop at the first non-finite loss (TrainingDiverged).
     Returns {"evaluations": [...], "last": the last evaluation, "steps": the final step,
     "images_per_sec": training images/s of this process, "seconds": wall time of this call}.
@@ -79,11 +79,15 @@ def fit(session: Session) -> dict:
                     s.trainer.sync_batchnorm_statistics()
                     s.checkpointer.save()
             s.trainer.sync_batchnorm_statistics()  # every replica evaluates, and the chief saves, the same statistics
-            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            evaluated = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
+            if evaluated:
                 last = _evaluate(s, step, epoch, metrics)
                 evaluations.append(last)
-            s.checkpointer.epoch.assign(epoch + 1)
-            s.checkpointer.save()
+            # with the evaluations, not every epoch: an epoch of a small dataset can take less time than
+            # writing ResNet50's checkpoint (weights, EMA and optimizer state: 377 MB)
+            if evaluated or step % t.checkpoint_every == 0:
+                s.checkpointer.epoch.assign(epoch + 1)
+                s.checkpointer.save()
         if not last:  # resumed a run that ended before its summary: evaluate once to complete it
             last = _evaluate(s, step, t.epochs - 1, metrics)
     finally:
