@@ -44,6 +44,15 @@ def test_each_precision_trains_with_finite_falling_loss(matrix, precision, xla):
     assert got["stem_dtype"] == {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
 
 
+def test_batches_of_two_sizes_train_one_model_in_fp16_with_xla(matrix):
+    """--train_sizes on a GPU's defaults: the model built for any size, XLA compiling each size."""
+    got = matrix["loop_two_sizes"]
+    losses = got["losses"]
+    assert all(np.isfinite(losses)), losses
+    assert losses[-2] < losses[0] * 0.8 and losses[-1] < losses[1] * 0.8, losses  # each size's loss falls
+    assert got["stem_dtype"] == "float16"
+
+
 def test_a_replica_with_an_empty_batch_leaves_evaluation_exact(matrix):
     two, one = matrix["empty_replica"]["two"], matrix["empty_replica"]["one"]
     assert two["val_images"] == one["val_images"] == 9

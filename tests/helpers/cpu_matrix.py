@@ -46,21 +46,22 @@ def fixed_batch(n=8, size=32, classes=4):
     return tf.constant(images), tf.constant(labels, tf.int32)
 
 
-def train_steps(precision, xla):
+def train_steps(precision, xla, sizes=(32,)):
+    """Losses of steps on fixed batches; several sizes (--train_sizes) take turns on a model built for any size."""
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     try:
         keras.utils.set_random_seed(0)
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
         config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1, weight_decay=0)
         with strategy.scope():
-            model = resnet_v2.build_model(4, 32)
+            model = resnet_v2.build_model(4, 32 if sizes == (32,) else None)
             optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision=precision)
             loop.build_optimizer_state(optimizer, model)
         trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4, xla=xla)
-        batch = fixed_batch()
+        batches = [fixed_batch(size=size) for size in sizes]
         # fp16 starts at a loss scale of 2^15 that overflows: the first steps are skipped while it halves
         steps = 14 if precision == "fp16" else 6
-        losses = [float(trainer.train_step(batch)["loss"]) for _ in range(steps)]
+        losses = [float(trainer.train_step(batches[i % len(batches)])["loss"]) for i in range(steps)]
         return {"losses": losses, "stem_dtype": model.get_layer("conv1_conv").compute_dtype}
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -181,6 +182,7 @@ def main():
     distribute.setup_devices(cpu_replicas=2)
     result = {"onednn": machine.onednn_enabled()}
     result["loop"] = {f"{p}-{'xla' if x else 'graph'}": train_steps(p, x) for p in POLICIES for x in (False, True)}
+    result["loop_two_sizes"] = train_steps("fp16", True, sizes=(32, 64))  # a GPU's default, progressive resizing
     result["empty_replica"] = empty_replica_evaluation()
     result["steps_per_loop"] = steps_per_loop_equivalence()
     with tempfile.TemporaryDirectory() as base:
