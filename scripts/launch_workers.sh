@@ -7,7 +7,8 @@
 # Each worker gets its own TF_CONFIG (worker 0 is the chief) naming N free localhost ports, and
 # writes its output to LOG_DIR/worker-<i>.log. The script waits for all of them. If one fails
 # (non-zero exit, killed by a signal) it prints which one and the end of its log, stops the
-# others and exits non-zero. Running the same command again resumes every worker from the
+# others and exits non-zero; a worker that stopped because it lost another (exit code 5) is not
+# the one named when the lost worker's own end shows within 3 s. Running the same command again resumes every worker from the
 # chief's last checkpoint in --model_dir.
 #
 # Environment:
@@ -79,14 +80,40 @@ echo "launch_workers: follow the chief with: tail -f $LOG_DIR/worker-0.log"
 
 remaining=$num_workers
 declare -A done_rc=()
+reap() {  # worker $1 has ended: record its exit status
+  local rc=0
+  wait "${pids[$1]}" 2>/dev/null || rc=$?  # (bash would also print its own "Killed" line)
+  done_rc[$1]=$rc
+  remaining=$((remaining - 1))
+}
+# toolkit.train's exit code when it lost another worker (toolkit.distribute.EXIT_CLUSTER): a consequence
+LOST_PEER=5
+find_cause() {  # worker $1 failed with LOST_PEER: set `cause` to the worker whose own failure it was,
+  # if that one ends within 3 s (else $1); no subshell, so reap's bookkeeping stays in this shell
+  local j t
+  cause=$1
+  for ((t = 0; t < 30; t++)); do
+    for ((j = 0; j < num_workers; j++)); do
+      if [[ -z ${done_rc[$j]:-} ]] && ! running "${pids[$j]}"; then reap "$j"; fi
+      if [[ -n ${done_rc[$j]:-} ]] && ((done_rc[$j] != 0 && done_rc[$j] != LOST_PEER)); then
+        cause=$j
+        return
+      fi
+    done
+    sleep 0.1
+  done
+}
 while ((remaining > 0)); do
   for ((i = 0; i < num_workers; i++)); do
     [[ -n ${done_rc[$i]:-} ]] && continue
     running "${pids[$i]}" && continue
-    rc=0
-    wait "${pids[$i]}" 2>/dev/null || rc=$?  # (bash would also print its own "Killed" line)
-    done_rc[$i]=$rc
-    remaining=$((remaining - 1))
+    reap "$i"
+    rc=${done_rc[$i]}
+    if ((rc == LOST_PEER)); then
+      find_cause "$i"
+      i=$cause
+      rc=${done_rc[$i]}
+    fi
     if ((rc != 0)); then
       if ((rc > 128)); then
         how="was killed by signal $(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))"

@@ -343,3 +343,27 @@ time.sleep(120)
     assert all(c["cluster"]["worker"] == cluster for c in configs) and len(set(cluster)) == 3
     pids = [int(p) for p in re.findall(r"pid (\d+)", proc.stdout)]
     assert len(pids) == 3 and not any(_alive(p) for p in pids), "a worker outlived the launcher"
+
+
+def test_launcher_names_the_killed_worker_even_when_the_one_that_lost_it_exits_first(tmp_path):
+    """Worker 0 ends first with the trainer's lost-a-peer code (5), worker 1 is SIGKILLed a moment
+    later (the order a loaded machine produced): the launcher names worker 1 and the signal."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/bash
+if [[ $1 != -m ]]; then exec {sys.executable} "$@"; fi
+exec {sys.executable} -c '
+import json, os, signal, sys, time
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+if index == 0:
+    time.sleep(1)
+    sys.exit(5)
+time.sleep(1.5)
+os.kill(os.getpid(), signal.SIGKILL)
+'
+""")
+    fake.chmod(0o755)
+    proc = subprocess.run([LAUNCH, "2", "--model_dir=unused"], capture_output=True, text=True, timeout=120,
+                          env={**ENV, "PYTHON": str(fake), "LOG_DIR": str(tmp_path / "logs"), "GRACE": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "FAILED: worker 1" in proc.stderr and "killed by signal KILL" in proc.stderr, proc.stderr
+    assert "FAILED: worker 0" not in proc.stderr
