@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import distribute, machine, outputs
-from toolkit.config import Config
+from toolkit.config import Config, parse_train_sizes
 from toolkit.data import pipeline
 from toolkit.logs import MetricsLog, error, log
 from toolkit.progress import ProgressLine, Speedometer
@@ -255,7 +255,10 @@ def _already_finished(s: Session) -> dict:
 def _log_start(s: Session) -> None:
     rt, d, m, t = s.runtime, s.data, s.config.model, s.config.train
     where = f"resuming from {s.restored} at step {s.start_step}" if s.restored else "starting"
-    sizes = f" (training at {d.train_sizes} px@epoch)" if d.train_sizes else ""
+    sizes = ""
+    if d.train_sizes:
+        stages = [f"{size}px from {'epoch ' if i == 0 else ''}{first}" for i, (first, size) in enumerate(parse_train_sizes(d.train_sizes))]
+        sizes = f" (training at {', '.join(stages)})"
     log(f"{where}: ResNet{m.depth}V2 {d.image_size}px{sizes}, {s.facts['num_classes']} classes, {s.model.count_params():,} "
         f"params | {rt.distribution} x{rt.num_replicas} {rt.device_kind} replicas, {rt.precision}, "
         f"xla={'on' if rt.xla else 'off'} | global batch {d.batch_size}, {s.steps_per_epoch} steps/epoch, "
