@@ -273,13 +273,6 @@ def parse_train_sizes(value: str):
     return entries
 
 
-def train_size_at(data: DataConfig, epoch: int) -> int:
-    """The training image size of `epoch` (counted from 1)."""
-    if not data.train_sizes:
-        return data.image_size
-    return [size for first, size in parse_train_sizes(data.train_sizes) if first <= epoch][-1]
-
-
 def parse_randaugment(value: str):
     """(ops per image, magnitude) from "N,M", or None when it is empty or not of that form."""
     parts = value.replace(" ", "").split(",") if value else []
