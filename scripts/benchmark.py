@@ -46,7 +46,7 @@ import bench_inference  # noqa: E402  (scripts/bench_inference.py: the inference
 from bench_clock import cpu_seconds  # noqa: E402
 import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
 
-from toolkit import atomic, machine  # noqa: E402
+from toolkit import atomic, machine, markdown  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,30 +178,15 @@ register(Section("inference", "inference images/s: ONNX fp32 / int8, SavedModel,
                  bench_inference.run, bench_inference.add_arguments, bench_inference.table))
 
 
-def markdown_table(header: tuple, rows: list) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
-
-
-def machine_line(m: dict) -> str:
-    """One line naming the machine: CPU and its features, oneDNN on/off, GPUs, cores, versions."""
-    features = ", ".join(m.get("cpu_features") or []) or "no AVX2, AVX-512 or AMX"
-    gpus = "; ".join(f"{g['name']} (compute {g.get('compute_capability') or '?'})" for g in m.get("gpus") or []) or "none"
-    versions = ", ".join(f"{label} {m[key]}" for key, label in (("python", "Python"), ("tensorflow", "TensorFlow"),
-                                                                 ("keras", "Keras"), ("onnxruntime", "onnxruntime")) if m.get(key))
-    return (f"Machine: {m['cpu']} [{features}], oneDNN {m.get('onednn', 'unknown')}, GPUs: {gpus}, "
-            f"{m['usable_cores']} usable cores, {versions}")
-
-
 def report(results: dict) -> str:
     """The results as markdown: the machine, then a table per section that has one, with its notes."""
-    parts = [machine_line(results["machine"]) + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
+    parts = ["Machine: " + machine.summary_line(results["machine"]) + (" (--quick: a smoke test, not a measurement)" if results.get("quick") else "")]
     for name, section in SECTIONS.items():
         if name in results:
             header, rows, *notes = section.table(results[name])  # notes: lines printed under the table, if any
             if rows:
                 load = results[name].get("load_average")
-                text = f"{name}" + (f" (load average {load[0]} at the end)" if load else "") + "\n\n" + markdown_table(header, rows)
+                text = f"{name}" + (f" (load average {load[0]} at the end)" if load else "") + "\n\n" + "\n".join(markdown.table(header, rows))
                 if notes and notes[0]:
                     text += "\n\n" + "\n".join(f"- {line}" for line in notes[0])
                 parts.append(text)

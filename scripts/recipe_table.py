@@ -18,6 +18,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from toolkit import atomic, markdown  # noqa: E402
+
 HEADER = ("run", "seed", "px", "epochs", "techniques", "final val top-1", "best (epoch)", "last 10 evals", "minutes",
           "threads", "machine")
 
@@ -87,10 +90,8 @@ def row(run_dir: str) -> dict:
     }
 
 
-def markdown(rows: list) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(str(r[h]) for h in HEADER) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def markdown_rows(rows: list) -> str:
+    return "\n".join(markdown.table(HEADER, ([r[h] for h in HEADER] for r in rows))) + "\n"
 
 
 def main(argv=None) -> int:
@@ -105,12 +106,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: {run_dir}: not a finished run ({e})", file=sys.stderr)
             return 2
-    text = markdown(rows)
+    text = markdown_rows(rows)
     print(text, end="")
     if args.markdown:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from toolkit import atomic
-
         atomic.write_text(args.markdown, text)
     return 0
 

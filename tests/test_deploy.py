@@ -165,7 +165,8 @@ def test_the_model_card_says_what_a_reviewer_needs():
         "trained_precision": "bf16", "exported_dtype": "float32",
         "input": {"dtype": "float32", "range": [0, 255], "preprocessing": "decode; crop 0.875; resize bilinear"},
         "onnx": {"layout": "nchw"}, "config": {"parity_atol": 1e-4}, "onnxruntime": "1.32.0", "litert": "2.3.0",
-        "machine": {"cpu": "Xeon", "cpu_features": ["amx_bf16"], "onednn": "on", "gpus": [], "tensorflow": "2.21.0"},
+        "machine": {"cpu": "Xeon", "cpu_features": ["amx_bf16"], "onednn": "on", "tensorflow": "2.21.0",
+                    "gpus": [{"name": "NVIDIA L4", "compute_capability": "8.9"}]},  # as machine.gpus() records them
         "data": {"source": "photos/", "splits": {"train": {"count": 245, "per_class": {"ants": 124, "bees": 121}},
                                                  "val": {"count": 153, "per_class": {"ants": 70, "bees": 83}}}},
         "formats": {"tflite": {"file": "model.tflite", "gated": True, "passed": True, "max_abs_diff_probabilities": 3e-7,
@@ -184,7 +185,7 @@ def test_the_model_card_says_what_a_reviewer_needs():
                  "| tflite_int8 | model_int8.tflite | reported (vs onnx) | - | 0.9800 | 0.8900 |"):
         assert line in card.splitlines(), line
     for words in ("`ants`, `bees`", "Trained as bf16", "float32 [batch, 224, 224, 3]", "model.onnx: NCHW",
-                  "decode; crop 0.875; resize bilinear", "exported and gated on: Xeon (amx_bf16), oneDNN on",
+                  "decode; crop 0.875; resize bilinear", "exported and gated on: Xeon [amx_bf16], oneDNN on, GPUs: NVIDIA L4 (compute 8.9), TensorFlow 2.21.0",
                   "trained on: EPYC", "LiteRT 2.3.0", "No test split was evaluated", "## Intended use", "## Known limits"):
         assert words in card, words
     bare = model_card.render({**record, "data": {}}, None, None)

@@ -46,3 +46,10 @@ def test_plots_are_real_pngs(tmp_path):
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 100
             assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_markdown_tables_escape_a_pipe_inside_a_cell_and_format_cells():
+    from toolkit import markdown
+
+    lines = markdown.table(("name", "value"), [("a|b", 0.5), ("c", None)], cell=lambda v: "-" if v is None else str(v))
+    assert lines == ["| name | value |", "|---|---|", "| a\\|b | 0.5 |", "| c | - |"]

@@ -144,6 +144,23 @@ def _version(module: str):
         return None
 
 
+def summary_line(m: dict) -> str:
+    """One line naming the machine of a `describe()` record: CPU and its features, oneDNN, GPUs,
+    usable cores, library versions. Keys missing from an older record are left out or shown as ?."""
+    features = ", ".join(m.get("cpu_features") or []) or "no AVX2, AVX-512 or AMX"
+    gpus = "; ".join(
+        f"{g['name']} (compute {g.get('compute_capability') or '?'})" if isinstance(g, dict) else str(g)
+        for g in m.get("gpus") or []
+    ) or "none"
+    versions = [
+        f"{label} {m[key]}"
+        for key, label in (("python", "Python"), ("tensorflow", "TensorFlow"), ("keras", "Keras"), ("onnxruntime", "onnxruntime"))
+        if m.get(key)
+    ]
+    cores = [f"{m['usable_cores']} usable cores"] if m.get("usable_cores") else []
+    return ", ".join([f"{m.get('cpu', '?')} [{features}]", f"oneDNN {m.get('onednn', '?')}", f"GPUs: {gpus}", *cores, *versions])
+
+
 def describe() -> dict:
     """The `machine` object of every JSON record the toolkit writes."""
     import tensorflow as tf

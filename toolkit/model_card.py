@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from toolkit import machine, markdown
+
 
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
@@ -16,11 +18,6 @@ def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return str(value)
-
-
-def _table(header: tuple, rows: list) -> list:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
 
 
 def _data(record: dict) -> list:
@@ -31,7 +28,7 @@ def _data(record: dict) -> list:
         return lines + ["Counts per split were not recorded (the shards have no manifest).", ""]
     names = record["class_names"]
     rows = [(split, s.get("count"), *[s.get("per_class", {}).get(n, "-") for n in names]) for split, s in splits.items()]
-    return lines + _table(("split", "images", *names), rows) + [""]
+    return lines + markdown.table(("split", "images", *names), rows, _fmt) + [""]
 
 
 def _metrics(summary: Optional[dict], confusion: Optional[dict]) -> list:
@@ -44,7 +41,7 @@ def _metrics(summary: Optional[dict], confusion: Optional[dict]) -> list:
              summary.get(val + "loss"))]
     if "test_top1" in summary:
         rows.append(("test", summary.get("test_images"), summary.get("test_top1"), summary.get("test_top5"), summary.get("test_loss")))
-    lines += _table(("split", "images", "top-1", "top-5", "loss"), rows)
+    lines += markdown.table(("split", "images", "top-1", "top-5", "loss"), rows, _fmt)
     best = ("best_ema_val_top1", "best_ema_epoch") if ema else ("best_val_top1", "best_epoch")
     lines += ["", ("These are the exponential moving average (EMA) of the weights, which this export holds; "
                    f"the raw weights scored {_fmt(summary.get('val_top1'))} on validation. " if ema else "")
@@ -54,8 +51,8 @@ def _metrics(summary: Optional[dict], confusion: Optional[dict]) -> list:
         lines.append("No test split was evaluated: `python -m toolkit.evaluate --model EXPORT --data DIR` measures one.")
     if confusion and confusion.get("per_class"):
         lines += ["", "Per class, on the validation split:", ""]
-        lines += _table(("class", "images", "precision", "recall"),
-                        [(r["class"], r["support"], r["precision"], r["recall"]) for r in confusion["per_class"]])
+        lines += markdown.table(("class", "images", "precision", "recall"),
+                                [(r["class"], r["support"], r["precision"], r["recall"]) for r in confusion["per_class"]], _fmt)
     return lines + [""]
 
 
@@ -69,7 +66,7 @@ def _formats(record: dict) -> list:
             rows.append((name, r["file"], "ok" if r["passed"] else "FAILED", r.get("max_abs_diff_probabilities"), "-", r.get("validation_accuracy")))
         else:
             rows.append((name, r["file"], f"reported (vs {r['compared_with']})", "-", r.get("top1_agreement"), r.get("validation_accuracy")))
-    lines += _table(("format", "file", "gate", "max abs diff (probabilities)", "top-1 agreement", "validation accuracy"), rows)
+    lines += markdown.table(("format", "file", "gate", "max abs diff (probabilities)", "top-1 agreement", "validation accuracy"), rows, _fmt)
     for failure in record.get("failures") or []:
         lines.append(f"- {failure}")
     versions = [f"onnxruntime {record.get('onnxruntime')}"] + ([f"LiteRT {record['litert']}"] if record.get("litert") else [])
@@ -79,9 +76,7 @@ def _formats(record: dict) -> list:
 def _machine(title: str, m: Optional[dict]) -> str:
     if not m:
         return f"- {title}: not recorded"
-    return (f"- {title}: {m.get('cpu', '?')} ({', '.join(m.get('cpu_features', [])) or 'no listed features'}), oneDNN {m.get('onednn', '?')}, "
-            f"GPUs {', '.join(m.get('gpus') or []) or 'none'}; TensorFlow {m.get('tensorflow', '?')}, Keras {m.get('keras', '?')}, "
-            f"Python {m.get('python', '?')}")
+    return f"- {title}: {machine.summary_line(m)}"
 
 
 def render(record: dict, summary: Optional[dict] = None, confusion: Optional[dict] = None) -> str:

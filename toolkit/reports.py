@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from toolkit import atomic  # noqa: E402
+from toolkit import atomic, markdown  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
@@ -197,7 +197,7 @@ def summary_markdown(summary: dict) -> str:
     if "export" in summary:
         export = summary["export"]
         table.append(("export parity", "passed" if export.get("parity_passed") else "FAILED"))
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in table] + [""]
+    lines += markdown.table(("", ""), table) + [""]
     artifacts = summary.get("artifacts", {})
     if artifacts:
         lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in artifacts.items()] + [""]
