@@ -42,6 +42,8 @@ def techniques(config: dict) -> str:
         used.append(f"mixup {data['mixup_alpha']:g}")
     if data.get("cutmix_alpha"):
         used.append(f"CutMix {data['cutmix_alpha']:g}")
+    if (data.get("mixup_alpha") or data.get("cutmix_alpha")) and data.get("mix_prob", 1.0) < 1.0:
+        used[-1] += f" on {100 * data['mix_prob']:g}% of batches"
     return ", ".join(used) or "-"
 
 
