@@ -8,7 +8,7 @@ exports (the EMA weights when --ema_decay was set; the raw weights' figure besid
 evaluation of those weights and its epoch, the range over the last 10 evaluations (how far a re-run
 may land from the final figure), training minutes (training and evaluations, from summary.json;
 runs from before that field: the span of metrics.jsonl, marked ~), threads (intra+inter op; auto:
-TensorFlow's own choice), and the machine.
+TensorFlow's own choice), and the machine (CPU and its widest unit, oneDNN, precision, XLA).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from toolkit import atomic, markdown  # noqa: E402
+from toolkit import atomic, machine, markdown  # noqa: E402
 
 HEADER = ("run", "seed", "px", "epochs", "techniques", "final val top-1", "best (epoch)", "last 10 evals", "minutes",
           "threads", "machine")
@@ -76,7 +76,6 @@ def row(run_dir: str) -> dict:
     minutes = f"{approx}{seconds / 60:.1f}"
     final = f"{100 * summary[key]:.1f}%" + (f" (raw {100 * summary['val_top1']:.1f}%)" if key != "val_top1" else "")
     threads = summary.get("threads") or {}
-    machine = summary.get("machine") or {}
     return {
         "run": os.path.basename(os.path.normpath(run_dir)),
         "seed": config.get("data", {}).get("seed", "?"),
@@ -88,8 +87,18 @@ def row(run_dir: str) -> dict:
         "last 10 evals": f"{100 * min(tail):.1f}-{100 * max(tail):.1f}%",
         "minutes": minutes,
         "threads": "+".join(str(threads.get(k, "?") or "auto") for k in ("intra_op", "inter_op")),  # 0: TensorFlow's choice
-        "machine": f"{machine.get('cpu', '?')}, oneDNN {machine.get('onednn', '?')}, {summary.get('precision', '?')}",
+        "machine": machine_words(summary.get("machine") or {}, summary),
     }
+
+
+def machine_words(machine_record: dict, summary: dict) -> str:
+    """CPU (widest unit), oneDNN, precision and XLA: what sets a CPU run's speed (Zen 3 and Zen 4
+    both call themselves "AMD EPYC"); records without the CPU's features leave the unit out."""
+    cpu = machine_record.get("cpu", "?")
+    if machine_record.get("cpu_features") is not None:
+        cpu += f" ({machine.widest_unit(machine_record['cpu_features'])})"
+    xla = ", XLA" if summary.get("xla") else ""
+    return f"{cpu}, oneDNN {machine_record.get('onednn', '?')}, {summary.get('precision', '?')}{xla}"
 
 
 def markdown_rows(rows: list) -> str:

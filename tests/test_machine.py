@@ -1,4 +1,4 @@
-"""toolkit.machine: the CPU quota of a container, read from cgroup files written here (v1 and v2)."""
+"""toolkit.machine: the CPU quota of a container, read from cgroup files written here (v1 and v2), and the CPU's widest unit."""
 
 import pytest
 
@@ -26,3 +26,13 @@ def test_usable_cores_is_the_affinity_capped_by_the_quota_rounded_up(monkeypatch
     assert machine.usable_cores() == 8
     monkeypatch.setattr(machine, "cpu_quota", lambda: 64.0)
     assert machine.usable_cores() == 8
+
+
+@pytest.mark.parametrize("features, unit", [
+    (["avx2", "fma"], "AVX2"),                                       # Zen 3
+    (["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"], "AVX-512 BF16"),  # Zen 4
+    (["avx2", "avx512f"], "AVX-512"),                                # Skylake-SP
+    (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"], "AMX"),  # Sapphire Rapids
+])
+def test_widest_unit_names_what_sets_a_cpus_speed(features, unit):
+    assert machine.widest_unit(features) == unit

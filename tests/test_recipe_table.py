@@ -36,9 +36,10 @@ def test_an_ema_run_is_judged_by_its_ema_weights_and_a_raw_run_by_its_raw_weight
         "train_seconds": 1290.0, "threads": {"intra_op": 2, "inter_op": 2}, "machine": MACHINE, "precision": "bf16",
         "config": config}, [{"val_top1": r, "ema_val_top1": e} for r, e in zip(raw, ema)])
     # an older run without train_seconds: its minutes come from metrics.jsonl (100 s to 400 s: 5.0) with a ~
+    # ... on a CPU whose record names its features (AVX2 only), with XLA
     write_run(tmp_path / "plain", {
         "exported_weights": "raw", "val_top1": 0.7, "image_size": 128, "epochs": 12, "threads": {"intra_op": 0, "inter_op": 0},
-        "machine": MACHINE, "precision": "fp32", "config": {"data": {"seed": 0}, "train": {"ema_decay": 0.0}}},
+        "machine": {"cpu": "AMD EPYC", "onednn": "off", "cpu_features": ["avx2", "fma"]}, "precision": "fp32", "xla": True, "config": {"data": {"seed": 0}, "train": {"ema_decay": 0.0}}},
         [{"val_top1": r} for r in raw])
     # CutMix on a share of the batches says so
     write_run(tmp_path / "half", {
@@ -51,7 +52,7 @@ def test_an_ema_run_is_judged_by_its_ema_weights_and_a_raw_run_by_its_raw_weight
     assert lines[0].startswith("| run | seed | px | epochs | techniques | final val top-1 |")
     assert lines[2] == ("| with_ema | 1 | 64>96, eval 96 | 12 | EMA 0.995, RandAugment 2,9, CutMix 1 | 75.0% (raw 70.0%) | 80.0% (3) "
                         "| 70.0-80.0% | 21.5 | 2+2 | AMD EPYC, oneDNN on, bf16 |")
-    assert lines[3] == "| plain | 0 | 128 | 12 | - | 70.0% | 90.0% (2) | 60.0-70.0% | ~5.0 | auto+auto | AMD EPYC, oneDNN on, fp32 |"
+    assert lines[3] == "| plain | 0 | 128 | 12 | - | 70.0% | 90.0% (2) | 60.0-70.0% | ~5.0 | auto+auto | AMD EPYC (AVX2), oneDNN off, fp32, XLA |"
     assert lines[4] == "| half | 2 | 96 | 1 | CutMix 1 on 50% of batches | 70.0% | 70.0% (1) | 70.0-70.0% | 1.0 | ?+? | AMD EPYC, oneDNN on, bf16 |"
 
 

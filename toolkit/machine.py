@@ -123,18 +123,20 @@ def gpus() -> list:
     return found
 
 
+def widest_unit(features) -> str:
+    """The widest vector or matrix unit among `cpu_features()`-style names: AMX, AVX-512 (BF16), AVX2."""
+    if "amx_bf16" in features:
+        return "AMX"
+    if "avx512f" in features:
+        return "AVX-512" + (" BF16" if "avx512_bf16" in features else "")
+    if "avx2" in features:
+        return "AVX2"
+    return platform.machine() or "unknown ISA"
+
+
 def cpu_class() -> str:
     """A few words for the start line: the CPU model, its widest vector unit, oneDNN on or off."""
-    features = cpu_features()
-    if "amx_bf16" in features:
-        isa = "AMX"
-    elif "avx512f" in features:
-        isa = "AVX-512" + (" BF16" if "avx512_bf16" in features else "")
-    elif "avx2" in features:
-        isa = "AVX2"
-    else:
-        isa = platform.machine() or "unknown ISA"
-    return f"{cpu_name()} ({isa}), oneDNN {'on' if onednn_enabled() else 'off'}"
+    return f"{cpu_name()} ({widest_unit(cpu_features())}), oneDNN {'on' if onednn_enabled() else 'off'}"
 
 
 def _version(module: str):
