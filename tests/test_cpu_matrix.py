@@ -60,7 +60,7 @@ def test_each_precision_trains_with_finite_falling_loss(matrix, precision):
     assert_trains(matrix["loop"][f"{precision}-graph"], precision)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # fp16: the two-size test below
 def test_each_precision_trains_with_finite_falling_loss_under_xla(once, precision):
     assert_trains(once["loop"][f"{precision}-xla"], precision)
 

@@ -19,6 +19,9 @@ from toolkit.config import TrainConfig  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 
 GLOBAL_BATCH = 8
+# one bottleneck block per stage: every layer kind of ResNet50V2 (the equivalence does not depend on
+# the depth) at a fraction of its trace time, which on an AVX2 CPU was 2.5 minutes of CI
+resnet_v2.STAGES[50] = (1, 1, 1, 1)
 
 
 def make(strategy, precision, weights=None, freeze_bn=True):
