@@ -38,6 +38,24 @@ def test_deeper_variants_match_reference_parameter_counts(depth):
     assert ours.count_params() == _reference(depth, 64).count_params()
 
 
+def test_depth26_is_resnet50v2_with_two_blocks_per_stage():
+    """Every layer of depth 26 is ResNet50V2's layer of that name and shape; what is missing is
+    exactly the third to sixth blocks, and each stage still ends strided (64 px -> 2 px)."""
+    ours = resnet_v2.build_model(num_classes=10, image_size=64, depth=26)
+    ref = _reference(50, 64, classes=10)
+    ref_by_name = {layer.name: layer for layer in ref.layers}
+    for layer in ours.layers:
+        if layer.weights:
+            want = [tuple(w.shape) for w in ref_by_name[layer.name].weights]
+            assert [tuple(w.shape) for w in layer.weights] == want, layer.name
+    dropped = {f"conv{stage}_block{block}" for stage, blocks in ((2, 3), (3, 4), (4, 6), (5, 3))
+               for block in range(3, blocks + 1)}
+    expected = ref.count_params() - sum(layer.count_params() for layer in ref.layers
+                                        if any(layer.name.startswith(block + "_") for block in dropped))
+    assert ours.count_params() == expected
+    assert tuple(ours.get_layer(resnet_v2.BACKBONE_OUTPUT).output.shape) == (None, 2, 2, 2048)
+
+
 def test_layers_match_reference_by_name_and_shape():
     ours = resnet_v2.build_model(num_classes=1000, image_size=64)
     ref = _reference(50, 64)

@@ -68,6 +68,14 @@ def test_offline_without_the_file_says_where_to_put_it_in_one_line(tmp_path, off
     assert pretrained.file_name(101) in message.split(";")[0] and "\n" not in message
 
 
+def test_depth26_has_no_imagenet_weights_and_says_so_in_one_line(tmp_path, offline, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(ConfigError) as raised:
+        resnet_v2.load_initial_weights(resnet_v2.build_model(3, 32, depth=26), "imagenet")
+    assert str(raised.value) == "--init_weights: no published ImageNet weights for depth 26 (only [50, 101, 152])"
+    assert not (tmp_path / "models").exists()  # nothing was fetched or written
+
+
 def test_a_cached_file_with_another_hash_is_refused_and_kept(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     os.makedirs(tmp_path / "models")

@@ -14,7 +14,7 @@ from typing import Optional
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-DEPTHS = (50, 101, 152)
+DEPTHS = (26, 50, 101, 152)
 XLA_MODES = ("auto", "on", "off")
 LAYOUTS = ("nhwc", "nchw")
 # The oldest opset tf2onnx converts ResNetV2 to without workarounds.
@@ -60,7 +60,7 @@ class DataConfig:
 class ModelConfig:
     """Which network, and what it starts from."""
 
-    depth: int = _opt(50, "ResNetV2 depth: 50, 101 or 152.")
+    depth: int = _opt(50, "ResNetV2 depth: 26, 50, 101 or 152 (26 has no ImageNet weights).")
     num_classes: int = _opt(0, "Number of classes; 0 reads it from the data's labels.")
     init_weights: str = _opt("", "Start from these weights: imagenet (Keras' published ImageNet weights, downloaded "
                                  "once and cached) or a .keras / .weights.h5 file; a head of another shape is re-initialized.")
