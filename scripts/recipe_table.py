@@ -33,7 +33,8 @@ def _read(path: str):
 def techniques(config: dict) -> str:
     """The small-data techniques of a run's recorded config, in words ("-": none)."""
     data, train = config.get("data", {}), config.get("train", {})
-    used = []
+    depth = config.get("model", {}).get("depth", 50)
+    used = [] if depth == 50 else [f"ResNet{depth}V2"]  # the network, when it is not the usual one
     if train.get("ema_decay"):
         used.append(f"EMA {train['ema_decay']:g}")
     if data.get("randaugment"):
