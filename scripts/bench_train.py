@@ -196,7 +196,7 @@ def run(args) -> dict:
             achieved = 3 * forward * got["images_per_sec"]  # forward + backward ~ 3x the forward FLOPs
             gflops = peak[v.precision]["gflops"]
             got.update(images_per_sec=round(got["images_per_sec"], 2), cpu_ms_per_image=round(got["cpu_ms_per_image"], 1),
-                       achieved_gflops=round(achieved / 1e9, 2), share_of_peak=round(achieved / (gflops * 1e9), 4) if gflops else None)
+                       achieved_gflops=round(achieved / 1e9, 2), share_of_peak=float(f"{achieved / (gflops * 1e9):.3g}") if gflops else None)
         variants[v.name] = got
     return {**summarize(variants, plan, default), "variants": variants, "skipped": plan.skipped, "peak": peak,
             "image_size": size, "batch_size": batch, "warmup_steps": args.train_warmup, "timed_steps": args.train_steps,
@@ -247,6 +247,13 @@ def _cell(value, suffix=""):
     return "-" if value is None else f"{value}{suffix}"
 
 
+def _percent(share) -> str:
+    """A share of peak in percent; below 1% with two significant digits (AMX peaks make it 0.06%)."""
+    if share is None:
+        return "unknown"
+    return f"{100 * share:.1f}%" if share >= 0.01 else f"{100 * share:.2g}%"
+
+
 def _times(rate, base) -> str:
     return f"{rate / base:.2f}x" if rate and base else "-"
 
@@ -266,7 +273,7 @@ def table(r: dict) -> tuple:
             continue
         rate, share = v["images_per_sec"], v.get("share_of_peak")
         rows.append((label, rate, _times(rate, notebook), _times(rate, best), v.get("cpu_ms_per_image", "-"),
-                     v.get("achieved_gflops", "-"), "unknown" if share is None else f"{100 * share:.1f}%"))
+                     v.get("achieved_gflops", "-"), _percent(share)))
     rows += [(name, "-", "-", "-", "-", "-", f"skipped: {why}") for name, why in r.get("skipped", {}).items()]
     notes = [f"toolkit default: {r.get('toolkit_default_variant')}: {r.get('toolkit_default_why')}"] if "toolkit_default_why" in r else []
     for name, goal in r.get("goals", {}).items():
