@@ -38,6 +38,13 @@ def test_deeper_variants_match_reference_parameter_counts(depth):
     assert ours.count_params() == _reference(depth, 64).count_params()
 
 
+def test_the_flag_accepts_exactly_the_depths_the_model_builds():
+    """config.DEPTHS is spelled out so that reading flags never imports Keras; it must not drift from STAGES."""
+    from toolkit import config
+
+    assert config.DEPTHS == tuple(sorted(resnet_v2.STAGES))
+
+
 def test_depth26_is_resnet50v2_with_two_blocks_per_stage():
     """Every layer of depth 26 is ResNet50V2's layer of that name and shape; what is missing is
     exactly the third to sixth blocks, and each stage still ends strided (64 px -> 2 px)."""
