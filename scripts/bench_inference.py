@@ -9,13 +9,13 @@ Measured in one process on the same images (the hymenoptera validation photos th
                                                       image per call, as our users' notebooks do
 Rounds alternate between the formats so that a neighbour's load hits all alike; the best round
 counts. int8_top1_agreement compares the int8 and float32 ONNX answers on every photo.
-onnx_fp32_end_to_end_images_per_sec is toolkit.inference.predict from the photo files (decoding
-in parallel with the model), what scripts/batch_infer.py achieves.
+onnx_fp32_end_to_end_images_per_sec is toolkit.infer.predict.predict from the photo files (decoding
+in parallel with the model), what python -m toolkit.infer achieves.
 
 Without --inference_export_dir an export is built once (and kept in --inference_workdir, keyed by
 the image size, the weights' digest and the photo folder: its path and a digest of its listing
 with sizes and mtimes, so other or changed photos are converted afresh): the photo folder
-converted to shards, a ResNet50V2, toolkit.exporting.export_model with --onnx_int8 (calibrated on
+converted to shards, a ResNet50V2, toolkit.export.run.export_model with --onnx_int8 (calibrated on
 the training photos). A model is served at the size it was trained at: the export's own, or the
 image_size in the run.json beside --inference_weights (a trained run's model.weights.h5, e.g. the
 hymenoptera small-data run of README.md, trained at 96 px); --inference_image_size may only
@@ -93,7 +93,7 @@ def folder_digest(photos: str) -> str:
 
 def trained_run(weights: str) -> dict:
     """The run.json beside a weights file (what the weights were trained as: image_size, depth); {} when absent."""
-    from toolkit import checkpoint as ckpt_lib
+    from toolkit.train import checkpoint as ckpt_lib
 
     try:
         record = ckpt_lib.load_run_record(os.path.dirname(os.path.abspath(weights)))
@@ -128,8 +128,8 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
 
     import keras
 
-    from toolkit import checkpoint as ckpt_lib
-    from toolkit import exporting
+    from toolkit.train import checkpoint as ckpt_lib
+    from toolkit.export import run as exporting
     from toolkit.config import Config, ExportConfig
     from toolkit.data import folder, shards
     from toolkit.models import resnet_v2
@@ -174,8 +174,9 @@ def _batches(files, size, limit):
 
 
 def load_images(folder: str, size: int, limit: int) -> tuple:
-    """(float32 [n, size, size, 3] images in [0, 255], their paths) through toolkit.inference."""
-    from toolkit import inference, runtimes
+    """(float32 [n, size, size, 3] images in [0, 255], their paths) through toolkit.infer.predict."""
+    from toolkit.infer import predict as inference
+    from toolkit.infer import loaders as runtimes
 
     inputs = inference.list_inputs([folder])
     if limit:
@@ -187,7 +188,7 @@ def load_images(folder: str, size: int, limit: int) -> tuple:
 
 
 def _keras_model(export_dir: str, record: dict):
-    from toolkit import exporting
+    from toolkit.export import run as exporting
     from toolkit.models import resnet_v2
 
     try:
@@ -208,7 +209,8 @@ def timed(run, images: np.ndarray, batch: int) -> tuple:
 
 
 def run(args) -> dict:
-    from toolkit import inference, runtimes
+    from toolkit.infer import predict as inference
+    from toolkit.infer import loaders as runtimes
     from toolkit.data import preprocess
 
     if args.inference_export_dir:

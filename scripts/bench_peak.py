@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toolkit import machine  # noqa: E402
+from toolkit.common import machine  # noqa: E402
 
 
 @functools.lru_cache(maxsize=1)

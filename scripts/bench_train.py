@@ -36,7 +36,7 @@ from bench_train_variant import PRECISIONS, parse_variant, run_variant_subproces
 GOALS = {"vs_notebook": 2.0, "vs_keras_best": 1.15}  # issue 13, item 5: the toolkit default against each baseline
 def native_precision(precision: str, device_kind: str, gpu_capabilities=(), has_feature=None, onednn=None) -> str:
     """"" when this device computes `precision` in hardware, else why it would be emulated (a skip reason)."""
-    from toolkit import machine
+    from toolkit.common import machine
 
     has_feature = has_feature or machine.has_cpu_feature
     onednn = machine.onednn_enabled() if onednn is None else onednn
@@ -59,7 +59,7 @@ def toolkit_default() -> dict:
     """What `python -m toolkit.train` picks here without flags: precision, XLA, the reasons, the device kind."""
     import tensorflow as tf
 
-    from toolkit import distribute
+    from toolkit.train import distribute
 
     device_kind = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     precision, precision_why = distribute.resolve_precision("auto")

@@ -5,7 +5,7 @@ A dtype policy and XLA are process-wide, so every variant gets a fresh interpret
                         default compile (jit_compile="auto": off on a CPU-only machine), fed by
                         image_dataset_from_directory on the photo folder (scaled to [-1, 1])
   keras_fit_P[_jit]     the same under Keras' mixed policy for precision P, jit_compile off / on
-  toolkit_P[_xla]       toolkit.loop.Trainer set up as `python -m toolkit.train` does on one device
+  toolkit_P[_xla]       toolkit.train.steps.Trainer set up as `python -m toolkit.train` does on one device
                         (distribute.make_runtime: threads, precision policy, XLA, steps per loop),
                         fed by pipeline.make_train_dataset from the shards, called in chunks of
                         steps_per_loop as training.fit calls it
@@ -64,7 +64,8 @@ def _progress(done: int, seconds: float, cpu: float) -> None:
 
 
 def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: int, steps: int, auto: bool = False) -> dict:
-    from toolkit import distribute, loop
+    from toolkit.train import distribute
+    from toolkit.train import steps as loop
     from toolkit.config import DataConfig, TrainConfig
     from toolkit.data import pipeline, shards
     from toolkit.models import resnet_v2

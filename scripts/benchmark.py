@@ -5,7 +5,7 @@
 Sections live in the SECTIONS registry: a name, a description, a function adding the section's own
 command-line arguments and a function returning a dict of results. To add one (`train`,
 `inference`, ...), write those two functions and call `register(Section(...))`; the JSON file
-gets a top-level key per section run, plus `machine` (toolkit.machine.describe(): CPU model and
+gets a top-level key per section run, plus `machine` (toolkit.common.machine.describe(): CPU model and
 features, oneDNN on/off, GPUs, library versions; every figure names its machine).
 
 pipeline: images/s of `toolkit.data.pipeline.make_train_dataset` (random-resized crop decoded from
@@ -46,7 +46,9 @@ import bench_inference  # noqa: E402  (scripts/bench_inference.py: the inference
 from bench_clock import cpu_seconds  # noqa: E402
 import bench_train  # noqa: E402  (scripts/bench_train.py: each train variant in its own process)
 
-from toolkit import atomic, machine, markdown  # noqa: E402
+from toolkit.common import atomic  # noqa: E402
+from toolkit.common import machine
+from toolkit.common import markdown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +69,7 @@ def register(section: Section) -> Section:
 
 
 def machine_description() -> dict:
-    """toolkit.machine.describe() (CPU model and features, oneDNN on/off, GPUs, core counts, library
+    """toolkit.common.machine.describe() (CPU model and features, oneDNN on/off, GPUs, core counts, library
     versions) plus the load average when the run starts: what a reader needs to compare figures."""
     return {**machine.describe(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 

@@ -19,7 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from toolkit import atomic, machine, markdown  # noqa: E402
+from toolkit.common import atomic  # noqa: E402
+from toolkit.common import machine
+from toolkit.common import markdown
 
 HEADER = ("run", "seed", "px", "epochs", "techniques", "final val top-1", "best (epoch)", "last 10 evals", "minutes",
           "threads", "machine")

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import HYMENOPTERA, ROOT, SHARED_DATA, require_data  # noqa: F401  (one definition, in conftest)
-from toolkit import checkpoint as ckpt_lib
-from toolkit import exporting
+from toolkit.train import checkpoint as ckpt_lib
+from toolkit.export import run as exporting
 from toolkit.config import Config, ExportConfig
 from toolkit.data import preprocess, schema, shards
 from toolkit.models import resnet_v2

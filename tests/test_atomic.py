@@ -1,4 +1,4 @@
-"""toolkit.atomic: modes follow the umask, a crash mid-write leaves the old file, directories replace whole."""
+"""toolkit.common.atomic: modes follow the umask, a crash mid-write leaves the old file, directories replace whole."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from toolkit import atomic
+from toolkit.common import atomic
 
 
 @pytest.fixture

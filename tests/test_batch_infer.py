@@ -1,4 +1,4 @@
-"""scripts/batch_infer.py and toolkit.inference on a real 32 px export and real photos.
+"""python -m toolkit.infer and toolkit.infer.predict on a real 32 px export and real photos.
 
 The reference is the SavedModel's own serving_bytes signature on the raw file bytes (decoding,
 cropping and resizing inside the exported graph): batch inference must give the same classes and
@@ -6,7 +6,6 @@ probabilities from its own parallel pipeline, through onnxruntime and through Te
 """
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -18,19 +17,12 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit import deploy, exporting, inference, runtimes
+from toolkit.export import extras as deploy
+from toolkit.export import run as exporting
+from toolkit.infer import predict as inference
+from toolkit.infer import loaders as runtimes
 
-SCRIPT = os.path.join(ih.ROOT, "scripts", "batch_infer.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("batch_infer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-batch_infer = load_script()
+from toolkit.infer import __main__ as batch_infer
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +170,7 @@ def test_a_crash_mid_run_leaves_an_earlier_output_untouched(model, good_photos, 
 
 
 def cli(args, cwd):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=ih.ENV, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "toolkit.infer", *args], capture_output=True, text=True, env=ih.ENV, cwd=cwd, timeout=300)
 
 
 @pytest.mark.slow

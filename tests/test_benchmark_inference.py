@@ -109,7 +109,7 @@ def test_the_photo_cache_key_follows_the_folder_and_its_contents(tmp_path):
 
 
 def test_a_built_export_is_reused_only_for_the_same_photos(tmp_path, monkeypatch):
-    from toolkit import exporting
+    from toolkit.export import run as exporting
     from toolkit.data import folder
 
     bi = _bench_inference()

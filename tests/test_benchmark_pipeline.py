@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import data_helpers as dh
-from toolkit import machine
+from toolkit.common import machine
 from toolkit.data import folder
 
 MACHINE_KEYS = {"cpu", "cpu_features", "onednn", "gpus", "tensorflow", "keras", "onnxruntime", "usable_cores", "load_average_at_start"}

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(dh.ROOT, "scripts"))
 import bench_peak  # noqa: E402
 import bench_train  # noqa: E402
 import bench_train_variant as btv  # noqa: E402
-from toolkit import machine  # noqa: E402
+from toolkit.common import machine  # noqa: E402
 
 ZEN3 = {"avx2", "fma"}
 ZEN4 = {"avx2", "fma", "avx512f", "avx512_bf16"}

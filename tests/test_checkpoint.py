@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from toolkit import checkpoint, loop
+from toolkit.train import checkpoint
+from toolkit.train import steps as loop
 from toolkit.config import TrainConfig
 
 

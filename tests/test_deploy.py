@@ -1,4 +1,4 @@
-"""The deployment artifacts of an export (toolkit.deploy): the TFLite model in LiteRT and in the
+"""The deployment artifacts of an export (toolkit.export.extras): the TFLite model in LiteRT and in the
 parity gate, the Triton repository parsed with Triton's own model-config protobuf (tritonclient),
 the TF Serving warm-up requests read back with tensorflow-serving-api and replayed, the model card.
 
@@ -18,7 +18,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 import inference_helpers as ih
-from toolkit import deploy, exporting, model_card, runtimes, serving_warmup, tflite_tools
+from toolkit.export import extras as deploy
+from toolkit.export import run as exporting
+from toolkit.export import model_card
+from toolkit.infer import loaders as runtimes
+from toolkit.export import warmup as serving_warmup
+from toolkit.export import tflite as tflite_tools
 from toolkit.config import ExportConfig
 
 ONNX_TYPES = {"tensor(float)": "TYPE_FP32"}
@@ -193,7 +198,8 @@ def test_the_model_card_says_what_a_reviewer_needs():
 
 
 def test_the_model_card_and_summary_report_the_ema_weights_when_those_were_exported(tmp_path):
-    from toolkit import outputs, reports
+    from toolkit.train import outputs
+    from toolkit.common import reports
     summary = {"val_top1": 0.70, "val_top5": 1.0, "val_loss": 0.60, "ema_val_top1": 0.75, "ema_val_top5": 1.0,
                "ema_val_loss": 0.55, "val_images": 153, "exported_weights": "ema", "best_val_top1": 0.73, "best_epoch": 24,
                "best_ema_val_top1": 0.77, "best_ema_epoch": 40, "epochs": 50, "train_images": 245}

@@ -1,11 +1,11 @@
-"""toolkit.ema: the moving average of the weights, against hand-computed values."""
+"""toolkit.train.ema: the moving average of the weights, against hand-computed values."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from toolkit import ema
+from toolkit.train import ema
 
 
 def _dense(seed):

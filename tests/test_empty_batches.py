@@ -16,8 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from toolkit import parity_gate as parity
-from toolkit import runtimes
+from toolkit.export import compare as parity
+from toolkit.infer import loaders as runtimes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 8, 3
@@ -72,7 +72,7 @@ def test_the_gate_with_only_empty_batches_fails_without_calling_a_model():
 def test_the_end_of_run_reports_skip_an_empty_batch():
     import tensorflow as tf
 
-    from toolkit import outputs
+    from toolkit.train import outputs
 
     calls = []
 
@@ -103,7 +103,7 @@ def test_batch_inference_never_calls_the_model_when_every_file_of_a_batch_fails_
     """Files that pass the cheap header check and fail in TensorFlow's decoder: with a batch of 2,
     whole batches of them. tf.data's batch does not emit empty batches either; the guard in the
     loop keeps it so should that change."""
-    from toolkit import inference
+    from toolkit.infer import predict as inference
 
     names = []
     for i, kind in enumerate(["bad", "bad", "good", "bad", "bad", "bad", "good", "bad", "bad"]):
@@ -124,7 +124,7 @@ def test_int8_calibration_skips_empty_batches_and_refuses_to_calibrate_on_nothin
     import onnxruntime as ort
     from test_runtimes import tiny_classifier
 
-    from toolkit import onnx_tools
+    from toolkit.export import onnx as onnx_tools
 
     path = tiny_classifier(tmp_path / "m.onnx")
     fed = []
@@ -147,7 +147,10 @@ def test_with_onednn_on_a_keras_model_fails_on_an_empty_batch_and_the_loops_neve
     is real here), the gate's Keras runner and the end-of-run reports go through batches that hold one."""
     code = textwrap.dedent(f"""
         import json, numpy as np, tensorflow as tf, keras
-        from toolkit import machine, outputs, parity_gate as parity, serving
+        from toolkit.common import machine
+        from toolkit.train import outputs
+        from toolkit.export import compare as parity
+        from toolkit.export import savedmodel as serving
         model = keras.Sequential([keras.Input(({SIZE}, {SIZE}, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense({CLASSES})])
         empty = np.zeros((0, {SIZE}, {SIZE}, 3), np.float32)

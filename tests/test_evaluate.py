@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit import runtimes, scoring
+from toolkit.infer import loaders as runtimes
+from toolkit.infer import evaluate as scoring
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""toolkit.exporting end to end on a 32 px ResNet50V2: artifacts, parity gate, dtypes, layouts, failures;
+"""toolkit.export.run end to end on a 32 px ResNet50V2: artifacts, parity gate, dtypes, layouts, failures;
 its command lines (python -m toolkit.export, python -m toolkit.parity): flags and exit codes.
 
 One export (weights trained a step under mixed_bfloat16, exported while that policy is still set,
@@ -22,8 +22,11 @@ import onnxruntime as ort
 import pytest
 import tensorflow as tf
 
-from toolkit import checkpoint as ckpt_lib
-from toolkit import export, exporting, onnx_tools, parity
+from toolkit.train import checkpoint as ckpt_lib
+from toolkit import parity
+from toolkit.export import __main__ as export
+from toolkit.export import run as exporting
+from toolkit.export import onnx as onnx_tools
 from toolkit.config import Config, DataConfig, ExportConfig
 from toolkit.data import pipeline, preprocess, shards, sources
 from toolkit.models import resnet_v2
@@ -240,7 +243,7 @@ def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tm
     """As onnxruntime 1.30 did, the other way round: one optimization level computes the logits
     4.5e-2 off. The session builder is patched for ORT_DISABLE_ALL only; the gate must fail, name
     that level, and say so in the ONNX file."""
-    from toolkit import runtimes
+    from toolkit.infer import loaders as runtimes
 
     copy = tmp_path / "export"
     _copy_without_variants(exported, copy)

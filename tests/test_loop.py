@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from toolkit import loop
+from toolkit.train import steps as loop
 from toolkit.models import resnet_v2
 
 

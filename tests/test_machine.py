@@ -1,8 +1,8 @@
-"""toolkit.machine: the CPU quota of a container, read from cgroup files written here (v1 and v2), and the CPU's widest unit."""
+"""toolkit.common.machine: the CPU quota of a container, read from cgroup files written here (v1 and v2), and the CPU's widest unit."""
 
 import pytest
 
-from toolkit import machine
+from toolkit.common import machine
 
 
 @pytest.mark.parametrize("version, files, quota", [

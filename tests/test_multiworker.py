@@ -268,7 +268,7 @@ def test_the_chief_watch_reports_a_closed_port_within_seconds_and_not_before():
     import socket
     import threading
 
-    from toolkit import distribute
+    from toolkit.train import distribute
 
     server = socket.socket()
     server.bind(("localhost", 0))

@@ -1,9 +1,9 @@
-"""The parity gate's arithmetic (toolkit.parity_gate) on synthetic outputs with hand-computed figures."""
+"""The parity gate's arithmetic (toolkit.export.compare) on synthetic outputs with hand-computed figures."""
 
 import numpy as np
 import pytest
 
-from toolkit import parity_gate as parity
+from toolkit.export import compare as parity
 
 NUM_CLASSES = 10
 

@@ -49,7 +49,7 @@ SHRINK = ["--image_size=32", "--batch_size=4", "--epochs=1", "--steps_per_epoch=
 # of the child process before the trainer starts, and the origin is a missing local file, so no
 # download can reach the network.
 IMAGENET_TRAIN = ("import sys; from toolkit.models import pretrained; pretrained.NOTOP_MD5[50] = sys.argv.pop(1); "
-                  "pretrained.BASE_URL = sys.argv.pop(1); from toolkit import train; sys.argv[0] = 'toolkit.train'; "
+                  "pretrained.BASE_URL = sys.argv.pop(1); from toolkit.train import __main__ as train; sys.argv[0] = 'toolkit.train'; "
                   "train.run_main()")
 
 
@@ -57,7 +57,7 @@ IMAGENET_TRAIN = ("import sys; from toolkit.models import pretrained; pretrained
 # is under test is that the recipe's flags start a run, not the depth, and the full network's trace
 # is a minute of CI on an AVX2 CPU. The ImageNet recipe keeps the full trunk its weights are for.
 SHALLOW_TRAIN = ("import sys; from toolkit.models import resnet_v2; resnet_v2.STAGES[50] = (1, 1, 1, 1); "
-                 "from toolkit import train; sys.argv[0] = 'toolkit.train'; train.run_main()")
+                 "from toolkit.train import __main__ as train; sys.argv[0] = 'toolkit.train'; train.run_main()")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from toolkit import reports
+from toolkit.common import reports
 
 
 def test_confusion_matrix_and_per_class_metrics_by_hand():
@@ -49,7 +49,7 @@ def test_plots_are_real_pngs(tmp_path):
 
 
 def test_markdown_tables_escape_a_pipe_inside_a_cell_and_format_cells():
-    from toolkit import markdown
+    from toolkit.common import markdown
 
     lines = markdown.table(("name", "value"), [("a|b", 0.5), ("c", None)], cell=lambda v: "-" if v is None else str(v))
     assert lines == ["| name | value |", "|---|---|", "| a\\|b | 0.5 |", "| c | - |"]

@@ -1,4 +1,4 @@
-"""toolkit.runtimes: the one onnxruntime session builder (optimization level, layout) and the
+"""toolkit.infer.loaders: the one onnxruntime session builder (optimization level, layout) and the
 empty-batch guard, on a small ONNX classifier written here with onnx.helper."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit import runtimes
+from toolkit.infer import loaders as runtimes
 
 SIZE, CLASSES = 8, 3
 

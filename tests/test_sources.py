@@ -172,7 +172,7 @@ def test_src_format_is_detected_from_the_files(tmp_path):
 @pytest.mark.slow  # a build and trace of the network
 @pytest.mark.parametrize("source", ["tfds", "imagenet_shards"])
 def test_sources_train_a_few_steps(source, tmp_path, monkeypatch):
-    from toolkit import training
+    from toolkit.train import run as training
     from toolkit.models import resnet_v2
 
     monkeypatch.setitem(resnet_v2.STAGES, 50, (1, 1, 1, 1))  # the data path is under test, not the depth

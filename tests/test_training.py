@@ -234,7 +234,7 @@ def test_an_image_folder_trains_after_one_conversion_and_its_test_split_is_score
 
 
 def test_a_small_dataset_with_the_imagenet_defaults_names_the_small_data_recipe(capsys):
-    from toolkit import session
+    from toolkit.train import session
     from toolkit.config import Config, DataConfig
     from toolkit.data.shards import DatasetInfo
 

@@ -16,10 +16,10 @@ Written to --out:
                          wrong ones in red (up to half the grid, when there are that many)
   predictions.csv        one row per image: true class, top-k, or the reason it was not scored
 
-Images go through toolkit.inference (the shared evaluation preprocessing, decoded in parallel with
+Images go through toolkit.infer.predict (the shared evaluation preprocessing, decoded in parallel with
 the model). Exit codes: 0 done, 1 no image could be scored, 2 a bad flag or input (one line).
 Flags are defined when run as a program (or by define_flags), not on import. The work is done by
-toolkit.scoring (the library); this module is its command line only.
+toolkit.infer.evaluate (the library); this module is its command line only.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ if __name__ == "__main__":
 
 import sys  # noqa: E402
 
-from toolkit import inference, runtimes  # noqa: E402
-from toolkit.scoring import GRID, NothingScored, evaluate, read_labelled  # noqa: E402
+from toolkit.infer import predict as inference  # noqa: E402
+from toolkit.infer import loaders as runtimes
+from toolkit.infer.evaluate import GRID, NothingScored, evaluate, read_labelled  # noqa: E402
 
 
 def define_flags(fv=None) -> None:
@@ -66,7 +67,7 @@ def main(argv) -> None:
         backend, _ = runtimes.resolve_model(fv.model, fv.backend)
         data = read_labelled(fv.data, fv.split)
         model = runtimes.load_model(fv.model, backend, fv.threads)
-        from toolkit.logs import log
+        from toolkit.common.logs import log
 
         evaluate(model, data, fv.out, fv.batch_size, fv.label_offset, fv.grid_images, fv.max_pixels, log=log)
     except runtimes.InferenceError as e:

@@ -3,7 +3,7 @@
   python -m toolkit.parity --export_dir DIR [--model_dir RUN] [--data_dir SHARDS] [--parity_images N]
 
 After copying an export, or touching it: compares Keras, the SavedModel and the ONNX models again
-(toolkit.exporting.verify_export; the arithmetic is toolkit.parity_gate) and updates the export's
+(toolkit.export.run.verify_export; the arithmetic is toolkit.export.compare) and updates the export's
 parity.json and export.json. Exit code 4 when the gate fails (as for toolkit.train and
 toolkit.export), 2 for bad input.
 """
@@ -23,8 +23,8 @@ def main(argv):
     """Re-check --export_dir; exits 2 on bad input, 4 when the gate fails."""
     from absl import app, flags
 
-    from toolkit import exporting
-    from toolkit.logs import error, log, quiet_tensorflow_logs
+    from toolkit.export import run as exporting
+    from toolkit.common.logs import error, log, quiet_tensorflow_logs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

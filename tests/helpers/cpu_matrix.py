@@ -12,7 +12,7 @@ here runs on both kinds of CPU kernels whatever CPU the suite lands on. It print
   nothing, beside the same evaluation on one device.
 - `steps_per_loop`: three steps in one device-side loop against three single steps, on one
   device and on two replicas (oneDNN off only: both sides of the comparison run the same kernels).
-- `run`: toolkit.training.run end to end on two CPU replicas in bf16 with the small-data
+- `run`: toolkit.train.run.run end to end on two CPU replicas in bf16 with the small-data
   techniques on (RandAugment, mixup/CutMix soft labels, EMA of the weights, two steps per call):
   train, evaluate with a partial last batch, summary, export with the parity gate.
 - `infer`: batch inference over the validation shards with the exported ONNX model and the
@@ -34,7 +34,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from toolkit import distribute, loop, machine, training  # noqa: E402
+from toolkit.train import distribute  # noqa: E402
+from toolkit.train import steps as loop
+from toolkit.common import machine
+from toolkit.train import run as training
 from toolkit.config import Config, DataConfig, ExportConfig, TrainConfig  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 
@@ -166,7 +169,8 @@ def exported_weights_equal(model_dir):
 def batch_inference(export_dir, data):
     import glob
 
-    from toolkit import inference, runtimes
+    from toolkit.infer import predict as inference
+    from toolkit.infer import loaders as runtimes
 
     files = sorted(glob.glob(os.path.join(data, "val-*")))
     probs, errors = {}, {}

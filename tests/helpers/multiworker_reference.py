@@ -9,7 +9,7 @@ by its own statistics as each worker's replica does; the loss is averaged over t
 and one optimizer step applies the summed gradient, as the all-reduce does. BatchNorm's moving
 statistics are updated from each half separately and averaged, which is what the trainer's
 cross-replica averaging gives. Model, seed, optimizer, schedule and loss come from the product
-(`toolkit.flags`, `toolkit.training`, `toolkit.loop`, `toolkit.models`).
+(`toolkit.flags`, `toolkit.train.run`, `toolkit.train.steps`, `toolkit.models`).
 
 Why not `python -m toolkit.train --cpu_replicas=2` as the reference: two replicas in one process
 sum in another order than one device does, and a fresh ResNet50V2 trained with BatchNorm on a few
@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import tensorflow as tf  # noqa: E402
 
 from toolkit import flags as flags_lib  # noqa: E402
-from toolkit import distribute, loop, session  # noqa: E402
+from toolkit.train import distribute  # noqa: E402
+from toolkit.train import steps as loop
+from toolkit.train import session
 from toolkit.data import pipeline, shards  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 
@@ -44,7 +46,7 @@ def main():
     t, d, m = config.train, config.data, config.model
     assert t.precision == "fp32" and t.optimizer == "sgd", "the reference covers the fp32 sgd case"
     distribute.set_precision_policy("fp32")
-    session.seed_everything(d.seed, d.deterministic)  # as toolkit.session.setup does before building the model
+    session.seed_everything(d.seed, d.deterministic)  # as toolkit.train.session.setup does before building the model
 
     info = shards.read_dataset_info(d.data_dir)
     num_classes = m.num_classes or info.num_classes

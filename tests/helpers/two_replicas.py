@@ -14,7 +14,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from toolkit import distribute, loop  # noqa: E402
+from toolkit.train import distribute  # noqa: E402
+from toolkit.train import steps as loop
 from toolkit.config import TrainConfig  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 

@@ -167,7 +167,7 @@ def _size_of_epoch(config: DataConfig):
     """epoch (from 0, a tensor) -> the training image size: --image_size, or --train_sizes' entry.
 
     With one size the batches keep a static shape; with several their height and width are
-    unknown to the graph (the model is then built for any size, toolkit.session).
+    unknown to the graph (the model is then built for any size, toolkit.train.session).
     """
     entries = parse_train_sizes(config.train_sizes) if config.train_sizes else None
     if not entries:

@@ -1,6 +1,6 @@
 """The one TFRecord reader outside training: records of tf.train.Example images, parsed in Python.
 
-Batch inference and evaluation over records (toolkit.inference), foreign shards
+Batch inference and evaluation over records (toolkit.infer.predict), foreign shards
 (toolkit.data.external), the parity gate and int8 calibration (`image_batches`) all read here.
 A record that is not an Example, and a file that is corrupt from some record on, become `Record`s
 carrying an `error` instead of exceptions, so each caller decides whether to skip, report or stop.
@@ -15,7 +15,7 @@ import dataclasses
 from typing import Iterator, Optional, Sequence
 
 from toolkit.data import schema
-from toolkit.messages import one_line, op_message
+from toolkit.common.messages import one_line, op_message
 
 BATCH_SIZE = 32
 CYCLE_LENGTH = 16  # files read side by side by `interleaved`

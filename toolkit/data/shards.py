@@ -5,7 +5,7 @@ A shard directory (what `toolkit.data.convert` and the demo dataset write):
   labels.txt      one class name per line, line i is label i
   manifest.json   counts per class and split, shard list, source, options, skipped files
 
-Every file is written through toolkit.atomic, so a crash never leaves a half-written shard or
+Every file is written through toolkit.common.atomic, so a crash never leaves a half-written shard or
 manifest behind that a reader would take as complete.
 """
 
@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 
-from toolkit import atomic
+from toolkit.common import atomic
 from toolkit.data import splits
 
 MANIFEST = "manifest.json"

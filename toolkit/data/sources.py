@@ -14,7 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from toolkit import atomic
+from toolkit.common import atomic
 from toolkit.data import schema, shards
 
 DEMO_CLASSES = ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots")

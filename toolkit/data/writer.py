@@ -11,7 +11,7 @@ per split: the `Candidate`s in the order they are to be stored, and a number of 
     positions [k*total/n, (k+1)*total/n) unless a candidate names its shard; shards left empty by
     skipped files are dropped and the rest renumbered;
   - the whole output is built in a temporary sibling directory and renamed into place at the end
-    (toolkit.atomic.directory), so an interrupted run leaves the previous output or nothing,
+    (toolkit.common.atomic.directory), so an interrupted run leaves the previous output or nothing,
     never half a dataset.
 """
 
@@ -30,9 +30,9 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import tensorflow as tf
 import tqdm
 
-from toolkit import atomic
+from toolkit.common import atomic
 from toolkit.data import images, schema, shards
-from toolkit.messages import op_message
+from toolkit.common.messages import op_message
 
 CHUNK = 8  # images per inter-process round trip
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, bounded memory

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from toolkit import machine, markdown
+from toolkit.common import machine
+from toolkit.common import markdown
 
 
 def _fmt(value, digits: int = 4) -> str:

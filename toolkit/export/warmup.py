@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from toolkit import atomic
+from toolkit.common import atomic
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for
@@ -37,7 +37,7 @@ def requests(images: np.ndarray, encoded: Sequence[bytes], model_name: str = "mo
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    from toolkit.serving import BYTES_SIGNATURE
+    from toolkit.export.savedmodel import BYTES_SIGNATURE
 
     def log(signature: str, name: str, tensor) -> prediction_log_pb2.PredictionLog:
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))

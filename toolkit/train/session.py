@@ -3,7 +3,7 @@
 In order: the runtime (devices, strategy, precision, XLA), the data facts (classes, counts, steps
 per epoch), the model, optimizer and checkpointer in the strategy's scope, the restore of the
 latest checkpoint, the workers' agreement on where to resume, the run record (run.json) and the
-input pipelines positioned at the resume point. toolkit.training's `fit` and `finish` take it
+input pipelines positioned at the resume point. toolkit.train.run's `fit` and `finish` take it
 from there.
 """
 
@@ -19,11 +19,15 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import __version__
-from toolkit import checkpoint as ckpt_lib
-from toolkit import distribute, ema, loop, machine, outputs
+from toolkit.train import checkpoint as ckpt_lib
+from toolkit.train import distribute
+from toolkit.train import ema
+from toolkit.train import steps as loop
+from toolkit.common import machine
+from toolkit.train import outputs
 from toolkit.config import Config, ConfigError, DataConfig, validate
 from toolkit.data import pipeline, prepare, shards, sources
-from toolkit.logs import log
+from toolkit.common.logs import log
 from toolkit.models import resnet_v2
 
 # the record fields that must match for a resume to make sense

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from toolkit.messages import one_line
+from toolkit.common.messages import one_line
 
 BACKENDS = ("onnx", "savedmodel", "tflite")
 # The artifact names of an export directory (toolkit.export.ONNX_FILES["onnx"], SAVED_MODEL, LABELS);

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from toolkit import atomic
+from toolkit.common import atomic
 
 VERSION = "1"
 QUEUE_DELAY_MICROSECONDS = 100  # how long the dynamic batcher waits to fill a batch

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from toolkit.logs import MetricsLog, log
+from toolkit.common.logs import MetricsLog, log
 
 
 class Speedometer:

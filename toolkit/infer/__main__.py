@@ -1,6 +1,6 @@
 """Score many images with an exported model: folders, globs or TFRecord files -> one .csv / .jsonl.
 
-  python scripts/batch_infer.py --model EXPORT_DIR|model.onnx|saved_model/ \
+  python -m toolkit.infer --model EXPORT_DIR|model.onnx|saved_model/ \
       --inputs photos/ 'more/**/*.jpg' shard.tfrecord --output predictions.csv [--top_k 5]
 
 The backend follows the model (an .onnx file: onnxruntime; a SavedModel dir: TensorFlow; an export
@@ -22,10 +22,10 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # libjpeg's complaint about each bad file is our row's reason already
-# scripts/ is not a package: make `toolkit` importable when run from anywhere
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toolkit import inference, prediction_files, runtimes  # noqa: E402  (light: TensorFlow and onnxruntime load later)
+from toolkit.infer import predict as inference  # noqa: E402  (light: TensorFlow and onnxruntime load later)
+from toolkit.infer import prediction_files
+from toolkit.infer import loaders as runtimes
 
 
 def parse_args(argv=None) -> argparse.Namespace:

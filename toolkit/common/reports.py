@@ -1,7 +1,7 @@
 """Pictures and summaries of a run: curves.png, confusion_matrix.png/.json, predictions.png, summary.md.
 
 Pure functions of plain data (metrics records, labels, predictions, images), so they can be
-called by the trainer, by toolkit.scoring (python -m toolkit.evaluate), or on an old run's metrics.jsonl.
+called by the trainer, by toolkit.infer.evaluate (python -m toolkit.evaluate), or on an old run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from toolkit import atomic, markdown  # noqa: E402
+from toolkit.common import atomic  # noqa: E402
+from toolkit.common import markdown
 
 
 def _save(fig, path: str) -> str:

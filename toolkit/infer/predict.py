@@ -5,8 +5,8 @@
   predict(model, inputs, ...)   one Result per input, in input order: probabilities, or the reason
                                 the input could not be scored
 
-The model is a toolkit.runtimes.Model (an exported ONNX model or SavedModel); results are written
-by toolkit.prediction_files.
+The model is a toolkit.infer.loaders.Model (an exported ONNX model or SavedModel); results are written
+by toolkit.infer.prediction_files.
 
 The pipeline: a Python generator reads each input and checks it cheaply with PIL (empty, not an
 image, unreadable header, too many pixels); tf.data decodes, crops and resizes it with
@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from toolkit.data.images import signature
-from toolkit.messages import one_line, op_message
-from toolkit.runtimes import InferenceError, Model, nonempty_batches
+from toolkit.common.messages import one_line, op_message
+from toolkit.infer.loaders import InferenceError, Model, nonempty_batches
 
 MAX_PIXELS = 100_000_000  # an image decodes to 3 bytes per pixel (x4 as float32) before the resize
 MAX_FILE_BYTES = 1 << 30

@@ -8,7 +8,7 @@ in [0, 255] (any batch), the [-1, 1] scaling, the network and the softmax inside
 The int8 model keeps float32 input and outputs (clients change nothing); weights and activations
 inside are int8, calibrated on the same training images as the ONNX int8 model.
 The interpreter is the `ai_edge_litert` package's (TensorFlow's own tf.lite.Interpreter is
-deprecated), started by toolkit.runtimes.tflite_runner.
+deprecated), started by toolkit.infer.loaders.tflite_runner.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from toolkit import atomic, runtimes
+from toolkit.common import atomic
+from toolkit.infer import loaders as runtimes
 
 SIGNATURE = runtimes.TFLITE_SIGNATURE
 INPUT_NAME = "images"

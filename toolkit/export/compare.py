@@ -14,7 +14,7 @@ The float16 and int8 variants are not gated (they are not meant to be exact): th
 their top-1 agreement with the float32 ONNX model and their validation accuracy.
 
 Pure functions of outputs: the formats are given as runners, the images as batches
-(toolkit.data.records.image_batches reads the validation images); toolkit.exporting runs it.
+(toolkit.data.records.image_batches reads the validation images); toolkit.export.run runs it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from toolkit.runtimes import nonempty_batches
+from toolkit.infer.loaders import nonempty_batches
 
 RANDOM_BATCH_SIZES = (1, 7, 32)
 TOP_K = 5

@@ -1,5 +1,5 @@
 """The export's deployment artifacts beyond the SavedModel and ONNX: TFLite, TF Serving warm-up, a
-Triton model repository and the model card. toolkit.exporting calls these inside its temporary
+Triton model repository and the model card. toolkit.export.run calls these inside its temporary
 export directory, so they are placed atomically with the rest:
   before the parity gate   model.tflite, model_int8.tflite (--tflite, --tflite_int8),
                            saved_model/assets.extra/tf_serving_warmup_requests (always)
@@ -13,7 +13,12 @@ import json
 import os
 import time
 
-from toolkit import atomic, export_gate, model_card, serving_warmup, tflite_tools, triton
+from toolkit.common import atomic
+from toolkit.export import gate as export_gate
+from toolkit.export import model_card
+from toolkit.export import warmup as serving_warmup
+from toolkit.export import tflite as tflite_tools
+from toolkit.export import triton
 from toolkit.config import ExportConfig
 from toolkit.data import records
 

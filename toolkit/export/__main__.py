@@ -3,7 +3,7 @@
   python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_fp16] [--onnx_int8] [--tflite] [--tflite_int8]
       [--triton_repo triton] ...
 
-A thin entry point over toolkit.exporting (the library; see its doc for what an export holds).
+A thin entry point over toolkit.export.run (the library; see its doc for what an export holds).
 Export flags given on the command line win; the others come from the run's recorded settings
 (run.json), then the defaults. Exit codes: 2 for bad input (one line naming the flag), 4 when the
 parity gate fails (the artifacts are kept, marked failed in export.json).
@@ -19,8 +19,8 @@ if __name__ == "__main__":  # before TensorFlow is imported: keep its C++ start-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from toolkit.config import ExportConfig  # noqa: E402
-# The library's names, importable from here until every caller imports toolkit.exporting.
-from toolkit.exporting import ExportError, ParityError, export_model  # noqa: E402,F401
+# The library's names, importable from here until every caller imports toolkit.export.run.
+from toolkit.export.run import ExportError, ParityError, export_model  # noqa: E402,F401
 
 FLAGS_USED = ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8",
               "tflite", "tflite_int8", "triton_repo", "triton_max_batch_size")
@@ -52,8 +52,8 @@ def main(argv):
     """python -m toolkit.export; exit 2 on bad input, 4 when the parity gate fails."""
     from absl import app, flags
 
-    from toolkit import checkpoint as ckpt_lib
-    from toolkit.logs import error, log, quiet_tensorflow_logs
+    from toolkit.train import checkpoint as ckpt_lib
+    from toolkit.common.logs import error, log, quiet_tensorflow_logs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

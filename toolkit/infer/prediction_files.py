@@ -7,8 +7,8 @@ import json
 import os
 from typing import Sequence
 
-from toolkit import atomic
-from toolkit.runtimes import InferenceError
+from toolkit.common import atomic
+from toolkit.infer.loaders import InferenceError
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 

@@ -1,11 +1,11 @@
 """The parity gate run on an export's files: every format as a runner, measured, the proof recorded.
 
-Gated (every pair within the limits of toolkit.parity_gate): the Keras model, the SavedModel
+Gated (every pair within the limits of toolkit.export.compare): the Keras model, the SavedModel
 (serving_default, and serving_bytes on the encoded validation files), model.onnx at two onnxruntime
 graph optimization levels, and model.tflite in the LiteRT interpreter when the export has one.
 Reported, not gated (top-1 agreement with the float32 ONNX model, and validation accuracy):
 model_fp16.onnx, model_int8.onnx, model_int8.tflite.
-toolkit.exporting calls `gate` after writing the files and again from verify_export.
+toolkit.export.run calls `gate` after writing the files and again from verify_export.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from __future__ import annotations
 import json
 import os
 
-from toolkit import machine, onnx_tools, parity_gate, serving, tflite_tools
+from toolkit.common import machine
+from toolkit.export import onnx as onnx_tools
+from toolkit.export import compare as parity_gate
+from toolkit.export import savedmodel as serving
+from toolkit.export import tflite as tflite_tools
 from toolkit.data import records
 
 # The float32 ONNX model is gated at onnxruntime's default graph optimization level and with

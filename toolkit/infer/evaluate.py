@@ -2,7 +2,7 @@
 
 read_labelled() finds the labelled images of a folder or of TFRecord shards, label_mapping() matches
 the data's classes to the model's by name, and evaluate() runs the model over them (through
-toolkit.inference, the shared evaluation preprocessing) and writes metrics.json, the confusion
+toolkit.infer.predict, the shared evaluation preprocessing) and writes metrics.json, the confusion
 matrix, predictions.png and predictions.csv. See toolkit/evaluate.py for the command line.
 """
 
@@ -14,7 +14,10 @@ import time
 
 import numpy as np
 
-from toolkit import atomic, inference, prediction_files, runtimes
+from toolkit.common import atomic
+from toolkit.infer import predict as inference
+from toolkit.infer import prediction_files
+from toolkit.infer import loaders as runtimes
 from toolkit.data import splits
 from toolkit.data.listing import holds_shards, subdirs
 
@@ -132,7 +135,7 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
     Returns:
       The metrics (what metrics.json holds): top-1, top-k, per class, confusion matrix, failures.
     """
-    from toolkit import reports
+    from toolkit.common import reports
 
     names = list(model.class_names)
     to_model = label_mapping(data.class_names, names, label_offset if data.source == "tfrecord" else 0)

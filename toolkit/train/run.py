@@ -1,6 +1,6 @@
 """`run(config)`: one training run from a Config, start to finish (the library side of toolkit.train).
 
-    session = setup(config)          # toolkit.session: runtime, data facts, model, optimizer, restore
+    session = setup(config)          # toolkit.train.session: runtime, data facts, model, optimizer, restore
     history = fit(session)           # the step loop; the cadences of logging, checkpoints, evaluation
     return finish(session, history)  # summary, reports, export
 
@@ -16,12 +16,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from toolkit import distribute, machine, outputs
+from toolkit.train import distribute
+from toolkit.common import machine
+from toolkit.train import outputs
 from toolkit.config import Config, parse_train_sizes
 from toolkit.data import pipeline
-from toolkit.logs import MetricsLog, error, log
-from toolkit.progress import ProgressLine, Speedometer
-from toolkit.session import Session, setup
+from toolkit.common.logs import MetricsLog, error, log
+from toolkit.train.progress import ProgressLine, Speedometer
+from toolkit.train.session import Session, setup
 
 
 class TrainingDiverged(RuntimeError):
@@ -227,7 +229,7 @@ def _test_split(s: Session, model) -> dict:
 
 def _export(model_dir: str, config: Config, summary: dict) -> None:
     """Export with the parity gate; the summary records the outcome either way."""
-    from toolkit import exporting as export_lib
+    from toolkit.export import run as export_lib
 
     log("exporting SavedModel and ONNX, then checking that they agree (--noexport skips this)")
     try:

@@ -24,8 +24,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf
 
-    from toolkit import distribute, training
-    from toolkit.logs import error, quiet_tensorflow_logs
+    from toolkit.train import distribute
+    from toolkit.train import run as training
+    from toolkit.common.logs import error, quiet_tensorflow_logs
 
     quiet_tensorflow_logs(flags_lib.FLAGS["verbosity"].present)
     config = None
@@ -42,7 +43,7 @@ def main(argv):
         error(str(e))
         sys.exit(3)
     except RuntimeError as e:
-        from toolkit.exporting import ParityError
+        from toolkit.export.run import ParityError
 
         if not isinstance(e, ParityError):
             raise

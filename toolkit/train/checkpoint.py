@@ -26,7 +26,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from toolkit import atomic
+from toolkit.common import atomic
 
 RUN_RECORD = "run.json"
 CHECKPOINTS = "checkpoints"

@@ -21,7 +21,8 @@ import onnx
 import tensorflow as tf
 
 from toolkit import config as config_lib
-from toolkit import atomic, runtimes
+from toolkit.common import atomic
+from toolkit.infer import loaders as runtimes
 from toolkit.data import preprocess
 
 INPUT_NAME = "images"

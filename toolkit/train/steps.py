@@ -99,7 +99,7 @@ class Trainer:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.l2 = l2
-        self.ema = ema  # toolkit.ema.WeightAverage or None
+        self.ema = ema  # toolkit.train.ema.WeightAverage or None
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self._replica_train = tf.function(self._replica_train_step, jit_compile=xla or None)
         self._replica_evals = {}  # id(model) -> its replica eval step

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from toolkit import machine
+from toolkit.common import machine
 
 PRECISION_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
@@ -164,7 +164,7 @@ def exit_now(code: int) -> None:
     After a lost worker, a normal exit waits in TensorFlow's shutdown for the coordination
     service's barrier with the dead task (tens of seconds); there is nothing left to save.
     """
-    from toolkit.checkpoint import remove_scratch_dirs
+    from toolkit.train.checkpoint import remove_scratch_dirs
 
     remove_scratch_dirs()
     sys.stdout.flush()

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from toolkit import atomic, reports
-from toolkit.runtimes import nonempty_batches
+from toolkit.common import atomic
+from toolkit.common import reports
+from toolkit.infer.loaders import nonempty_batches
 
 SUMMARY = "summary.json"
 PREDICTION_GRID = 24

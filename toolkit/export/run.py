@@ -12,14 +12,14 @@ An export dir:
                     (toolkit_parity_*) the onnxruntime version and machine the parity gate ran on,
                     its verdict and each graph optimization level's: the oldest onnxruntime proven
   model_fp16.onnx, model_int8.onnx   with onnx_fp16 / onnx_int8
-  model.tflite, model_int8.tflite    with tflite / tflite_int8 (toolkit.tflite_tools; float32 gated in LiteRT)
+  model.tflite, model_int8.tflite    with tflite / tflite_int8 (toolkit.export.tflite; float32 gated in LiteRT)
   saved_model/assets.extra/tf_serving_warmup_requests, the Triton repository (triton_repo) and
-                    MODEL_CARD.md: toolkit.deploy
+                    MODEL_CARD.md: toolkit.export.extras
   labels.txt, parity.json, export.json (status "passed" or "failed"; both record the onnxruntime
                     version and the machine of the gate; export.json each format's result)
 
 Everything is written into a temporary directory beside the export dir and renamed into place
-at the end (toolkit.atomic.directory), so a crash never leaves a half export; a failed parity gate
+at the end (toolkit.common.atomic.directory), so a crash never leaves a half export; a failed parity gate
 still puts the artifacts in place (for inspection), marked failed in export.json, and then raises
 ParityError.
 """
@@ -36,12 +36,17 @@ import keras
 import tensorflow as tf
 
 import toolkit
-from toolkit import atomic, deploy, export_gate, onnx_tools, parity_gate, serving
-from toolkit import checkpoint as ckpt_lib
+from toolkit.common import atomic
+from toolkit.export import extras as deploy
+from toolkit.export import gate as export_gate
+from toolkit.export import onnx as onnx_tools
+from toolkit.export import compare as parity_gate
+from toolkit.export import savedmodel as serving
+from toolkit.train import checkpoint as ckpt_lib
 from toolkit import config as config_lib
 from toolkit.config import ConfigError, ExportConfig
 from toolkit.data import shards
-from toolkit.messages import one_line
+from toolkit.common.messages import one_line
 from toolkit.models import resnet_v2
 
 EXPORT_RECORD = "export.json"
