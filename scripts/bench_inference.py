@@ -93,10 +93,10 @@ def folder_digest(photos: str) -> str:
 
 def trained_run(weights: str) -> dict:
     """The run.json beside a weights file (what the weights were trained as: image_size, depth); {} when absent."""
-    from toolkit.train import checkpoint as ckpt_lib
+    from toolkit import layout
 
     try:
-        record = ckpt_lib.load_run_record(os.path.dirname(os.path.abspath(weights)))
+        record = layout.load_run_record(os.path.dirname(os.path.abspath(weights)))
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
@@ -128,7 +128,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
 
     import keras
 
-    from toolkit.train import checkpoint as ckpt_lib
+    from toolkit import layout
     from toolkit.export import run as exporting
     from toolkit.config import Config, ExportConfig
     from toolkit.data import folder, shards
@@ -139,7 +139,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
     base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}_photos-{folder_digest(photos)}")
     target = os.path.join(base, "export")
-    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, exporting.EXPORT_RECORD)):
+    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, layout.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")
         return target
     data_dir, model_dir = os.path.join(base, "shards"), os.path.join(base, "run")
@@ -153,8 +153,8 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     elif info.num_classes == 2:
         spread_head(model, np.concatenate([b[0] for b in _batches(info.split_files("train"), size, 64)]))
     os.makedirs(model_dir, exist_ok=True)
-    model.save_weights(os.path.join(model_dir, exporting.WEIGHTS))
-    ckpt_lib.save_run_record(model_dir, {
+    model.save_weights(os.path.join(model_dir, layout.WEIGHTS))
+    layout.save_run_record(model_dir, {
         "toolkit_version": "bench", "num_classes": info.num_classes, "class_names": list(info.class_names), "image_size": size,
         "depth": depth, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
@@ -188,11 +188,11 @@ def load_images(folder: str, size: int, limit: int) -> tuple:
 
 
 def _keras_model(export_dir: str, record: dict):
-    from toolkit.export import run as exporting
+    from toolkit.export import rebuild
     from toolkit.models import resnet_v2
 
     try:
-        model, _ = exporting.rebuild_float32(record["model_dir"], exporting.read_run(record["model_dir"]))
+        model, _ = rebuild.rebuild_float32(record["model_dir"], rebuild.read_run(record["model_dir"]))
         return model
     except (KeyError, ValueError, OSError):
         return resnet_v2.build_model(record["num_classes"], record["image_size"], record.get("depth", 50))  # same speed

@@ -66,6 +66,7 @@ def _progress(done: int, seconds: float, cpu: float) -> None:
 def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: int, steps: int, auto: bool = False) -> dict:
     from toolkit.train import distribute
     from toolkit.train import steps as loop
+    from toolkit.train import optim
     from toolkit.config import DataConfig, TrainConfig
     from toolkit.data import pipeline, shards
     from toolkit.models import resnet_v2
@@ -80,8 +81,8 @@ def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: in
     config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1)
     with rt.strategy.scope():
         model = resnet_v2.build_model(info.num_classes, size)
-        optimizer = loop.make_optimizer(config, steps_per_epoch=1000, precision=rt.precision)
-        loop.build_optimizer_state(optimizer, model)
+        optimizer = optim.make_optimizer(config, steps_per_epoch=1000, precision=rt.precision)
+        optim.build_optimizer_state(optimizer, model)
     trainer = loop.Trainer(model, optimizer, rt.strategy, batch, info.num_classes, xla=rt.xla)
     data = DataConfig(data_dir=data_dir, image_size=size, batch_size=batch, cache=False)
     per_epoch = max(1, (info.counts.get("train") or batch) // batch)

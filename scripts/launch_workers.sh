@@ -86,7 +86,7 @@ reap() {  # worker $1 has ended: record its exit status
   done_rc[$1]=$rc
   remaining=$((remaining - 1))
 }
-# toolkit.train's exit code when it lost another worker (toolkit.train.distribute.EXIT_CLUSTER): a consequence
+# toolkit.train's exit code when it lost another worker (toolkit.common.errors.ExitCode.WORKER_LOST): a consequence
 LOST_PEER=5
 find_cause() {  # worker $1 failed with LOST_PEER: set `cause` to the worker whose own failure it was,
   # if that one ends within 3 s (else $1); no subshell, so reap's bookkeeping stays in this shell

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import HYMENOPTERA, ROOT, SHARED_DATA, require_data  # noqa: F401  (one definition, in conftest)
-from toolkit.train import checkpoint as ckpt_lib
+from toolkit import layout
 from toolkit.export import run as exporting
 from toolkit.config import Config, ExportConfig
 from toolkit.data import preprocess, schema, shards
@@ -91,7 +91,7 @@ def tiny_export(tmp_path_factory) -> types.SimpleNamespace:
     spread_predictions(model, photos("ants", 10) + photos("bees", 10))
     os.makedirs(model_dir)
     model.save_weights(os.path.join(model_dir, "model.weights.h5"))
-    ckpt_lib.save_run_record(model_dir, {
+    layout.save_run_record(model_dir, {
         "toolkit_version": "0.1.0", "num_classes": len(CLASSES), "class_names": CLASSES, "image_size": SIZE,
         "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })

@@ -7,6 +7,7 @@ probabilities from its own parallel pipeline, through onnxruntime and through Te
 
 import csv
 import io
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,12 +18,13 @@ import pytest
 from PIL import Image
 
 import inference_helpers as ih
-from toolkit.export import extras as deploy
-from toolkit.export import run as exporting
 from toolkit.infer import predict as inference
 from toolkit.infer import loaders as runtimes
 
+from toolkit import cli as toolkit_cli
+from toolkit.common.errors import ToolkitError
 from toolkit.infer import __main__ as batch_infer
+from toolkit.infer.predict import predict_to_file
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +41,20 @@ def good_photos(tmp_path_factory):
     return str(folder), sorted(paths)
 
 
+def infer(argv):
+    """python -m toolkit.infer's work in this process: its flags parsed, inputs after the flags included."""
+    (settings,), rest = toolkit_cli.parse_args(batch_infer.SECTIONS, argv)
+    return predict_to_file(dataclasses.replace(settings, inputs=settings.inputs + tuple(rest)), log=print)
+
+
 def run(argv, capsys):
-    code = batch_infer.main(argv)
+    """(exit code, stdout, stderr) as the command would give them (toolkit.cli maps typed errors)."""
+    try:
+        infer(argv)
+        code = 0
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = int(e.exit_code)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -76,7 +90,7 @@ def test_predictions_equal_the_saved_models_on_real_photos(model, good_photos, t
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert [r["class_1"] for r in rows] == [ih.CLASSES[i] for i in expected.argmax(1)]
     assert len(set(expected.argmax(1))) == 2  # the photos really get different answers
-    assert f"batch_infer: {len(paths)} images scored, 0 failed" in stdout and "images/s" in stdout
+    assert f"infer: {len(paths)} images scored, 0 failed" in stdout and "images/s" in stdout
     assert (backend + " ") in stdout
 
 
@@ -141,13 +155,13 @@ def test_a_mixed_folder_scores_the_good_files_and_reports_the_rest(model, tmp_pa
 
 
 @pytest.mark.slow
-def test_nothing_scored_exits_1_but_still_writes_the_reasons(model, tmp_path, capsys):
+def test_nothing_scored_exits_6_but_still_writes_the_reasons(model, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
     bad = bad_files(folder)
     out = tmp_path / "p.jsonl"
     code, _, err = run(["--model", model.onnx, "--inputs", str(folder / "*"), "--output", str(out), "--max_pixels", "700000"], capsys)
-    assert code == 1 and "none of the 6 inputs could be scored" in err
+    assert code == 6 and "none of the 6 inputs could be scored" in err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(os.path.basename(r["input"]) for r in rows) == sorted(bad)
     assert all(r["status"] == "failed" and r["error"] for r in rows)
@@ -165,7 +179,7 @@ def test_a_crash_mid_run_leaves_an_earlier_output_untouched(model, good_photos, 
 
     monkeypatch.setattr(runtimes, "load_model", lambda *a, **k: runtimes.Model("onnx", model.onnx, loaded.class_names, ih.SIZE, crash))
     with pytest.raises(MemoryError):
-        batch_infer.main(["--model", model.onnx, "--inputs", folder, "--output", str(out)])
+        infer(["--model", model.onnx, "--inputs", folder, "--output", str(out)])
     assert out.read_text() == "earlier results\n" and os.listdir(tmp_path) == ["p.csv"]
 
 
@@ -180,7 +194,7 @@ def test_the_command_line_end_to_end(model, good_photos, tmp_path):
     proc = cli(["--model", model.dir, "--inputs", os.path.join(folder, "**", "*.jpg"), "--output", str(out), "--threads", "1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["input"] for r in read_csv(out)] == paths
-    assert proc.stdout.strip().splitlines()[-1].startswith(f"batch_infer: {len(paths)} images scored")
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"infer: {len(paths)} images scored")
 
 
 @pytest.mark.slow
@@ -230,11 +244,6 @@ def test_list_inputs_reads_folders_globs_and_shard_directories(tmp_path):
     assert listed.tfrecord and [os.path.basename(f) for f in listed.files] == ["train-00000-of-00002", "val-00000-of-00001.tfrecord"]
     with pytest.raises(runtimes.InferenceError, match="mixes TFRecord"):
         inference.list_inputs([str(tmp_path / "a"), str(shards_dir / "train-00000-of-00002")])
-
-
-def test_the_export_artifact_names_are_the_ones_inference_looks_for():
-    assert (runtimes.EXPORT_ONNX, runtimes.EXPORT_SAVED_MODEL, runtimes.EXPORT_LABELS, runtimes.EXPORT_TFLITE) == (
-        exporting.ONNX_FILES["onnx"], exporting.SAVED_MODEL, exporting.LABELS, deploy.TFLITE_FILES["tflite"])
 
 
 def test_check_image_caps_pixels_from_the_header_alone():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from toolkit import layout
 from toolkit.train import checkpoint
-from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.config import TrainConfig
 
 
@@ -17,8 +18,8 @@ def _setup(tmp_path, precision):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5)(inputs)))
     config = TrainConfig(optimizer="sgd", learning_rate=0.1, warmup_epochs=1, epochs=3)
-    optimizer = loop.make_optimizer(config, steps_per_epoch=10, precision=precision)
-    loop.build_optimizer_state(optimizer, model)
+    optimizer = optim.make_optimizer(config, steps_per_epoch=10, precision=precision)
+    optim.build_optimizer_state(optimizer, model)
     ckpt = checkpoint.Checkpointer(str(tmp_path), is_chief=True, keep=2, model=model, optimizer=optimizer)
     return model, optimizer, ckpt
 
@@ -71,7 +72,7 @@ def test_fresh_sets_the_old_run_aside_without_deleting_it(tmp_path):
     assert re.fullmatch(r"previous-\d{8}-\d{6}", os.path.basename(moved)) and os.path.dirname(moved) == str(tmp_path)
     assert (tmp_path / moved / "checkpoints" / "checkpoint").read_text() == "x"
     assert (tmp_path / moved / "metrics.jsonl").read_text() == "{}\n"
-    assert checkpoint.load_run_record(moved) == {"num_classes": 3}  # the old run.json, whole
+    assert layout.load_run_record(moved) == {"num_classes": 3}  # the old run.json, whole
     assert sorted(os.listdir(tmp_path)) == sorted(["notes.txt", os.path.basename(moved)])
     with pytest.raises(ValueError, match="--model_dir"):
-        checkpoint.load_run_record(str(tmp_path))  # it had one before the set-aside
+        layout.load_run_record(str(tmp_path))  # it had one before the set-aside

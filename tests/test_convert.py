@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from PIL import Image
 
 import data_helpers as dh
+from toolkit import cli
 from toolkit.data import convert, folder, images, schema, shards, writer
 
 JPEG_TOLERANCE = 4.0  # mean absolute difference in 0-255 levels between two decoders / a re-encode
@@ -290,16 +290,14 @@ def test_a_failed_run_leaves_the_previous_output_untouched(tmp_path, monkeypatch
 def test_flags_drive_the_same_conversion(tmp_path):
     src = tmp_path / "src"
     dh.write_folder(str(src), {"a": 5, "b": 5})
-    fv = flags.FlagValues()
-    convert.define_flags(fv)
-    fv(["convert", f"--src={src}", f"--out={tmp_path / 'out'}", "--val_fraction=0.2", "--max_side=16", "--workers=1", "--noprogress"])
-    m = convert.convert_with_flags(fv).manifest
+    (c,), _ = cli.parse_args(convert.SECTIONS, [f"--src={src}", f"--out={tmp_path / 'out'}", "--val_fraction=0.2", "--max_side=16",
+                                                "--workers=1", "--noprogress"])
+    m = convert.convert(c).manifest
     assert m["options"]["max_side"] == 16 and m["splits"]["val"]["count"] == 2
     assert all(min(r["height"], r["width"]) == 16 for r in dh.read_records(str(tmp_path / "out")))
-    fv.unparse_flags()
-    fv(["convert", f"--src={src}", "--tfds_name=mnist", f"--out={tmp_path / 'x'}"])
+    (c,), _ = cli.parse_args(convert.SECTIONS, [f"--src={src}", "--tfds_name=mnist", f"--out={tmp_path / 'x'}"])
     with pytest.raises(writer.ConversionError, match="exactly one"):
-        convert.convert_with_flags(fv)
+        convert.convert(c)
 
 
 def test_cli_refuses_an_existing_output_with_one_line(tmp_path):
@@ -311,8 +309,8 @@ def test_cli_refuses_an_existing_output_with_one_line(tmp_path):
         [sys.executable, "-m", "toolkit.data.convert", f"--src={tmp_path / 'src'}", f"--out={tmp_path / 'out'}"],
         capture_output=True, text=True, env=env, cwd=dh.ROOT, timeout=120,
     )
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == f"convert: error: --out: {tmp_path / 'out'} already exists; pass --overwrite to replace it"
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: --out: {tmp_path / 'out'} already exists; pass --overwrite to replace it"
     assert "Traceback" not in run.stderr
 
 

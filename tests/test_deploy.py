@@ -7,6 +7,7 @@ model is covered with the other int8 model in test_export.py.
 """
 
 import filecmp
+import dataclasses
 import json
 import os
 import shutil
@@ -18,12 +19,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 import inference_helpers as ih
-from toolkit.export import extras as deploy
+from toolkit import layout
+from toolkit.export import verify
 from toolkit.export import run as exporting
 from toolkit.export import model_card
 from toolkit.infer import loaders as runtimes
 from toolkit.export import warmup as serving_warmup
-from toolkit.export import tflite as tflite_tools
 from toolkit.config import ExportConfig
 
 ONNX_TYPES = {"tensor(float)": "TYPE_FP32"}
@@ -104,7 +105,7 @@ def test_warmup_requests_read_back_and_replay_through_the_saved_model(model):
     from_bytes = np.concatenate([reply["probabilities"].numpy() for reply in replies[:4]])
     np.testing.assert_allclose(replies[4]["probabilities"].numpy(), from_bytes, atol=1e-5)
     np.testing.assert_allclose(from_bytes, ih.saved_model_probabilities(model.saved_model, ih.photos("ants", 4)), atol=1e-5)
-    assert json.load(open(os.path.join(model.dir, "export.json")))["artifacts"]["serving_warmup"] == deploy.WARMUP
+    assert json.load(open(os.path.join(model.dir, "export.json")))["artifacts"]["serving_warmup"] == layout.WARMUP
 
 
 @pytest.mark.slow
@@ -128,21 +129,21 @@ def test_the_tflite_model_runs_in_litert_like_the_saved_model(model):
 def test_the_gate_fails_when_the_tflite_model_disagrees(model, tmp_path, monkeypatch):
     copy = tmp_path / "export"
     shutil.copytree(model.dir, copy)
-    real = tflite_tools.gate_runner
+    real = runtimes._load_tflite  # every .tflite file the gate runs is loaded here
 
-    def shifted(path):
-        run = real(path)
+    def shifted(path, threads):
+        loaded = real(path, threads)
 
         def off(images):
-            probabilities, logits = run(images)
+            probabilities, logits = loaded.outputs(images)
             logits = logits + np.float32(0.05) * (np.arange(logits.shape[1]) == 0)
             e = np.exp(logits - logits.max(1, keepdims=True))
             return e / e.sum(1, keepdims=True), logits
 
-        return off
+        return dataclasses.replace(loaded, outputs=off)
 
-    monkeypatch.setattr(tflite_tools, "gate_runner", shifted)
-    result = exporting.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    monkeypatch.setattr(runtimes, "_load_tflite", shifted)
+    result = verify.verify_export(str(copy), parity_images=8, log=lambda _: None)
     report = result["parity"]
     assert not result["passed"] and report["failures"] and all("tflite" in line for line in report["failures"])
     assert report["pairs"]["keras vs onnx"]["passed"] and not report["pairs"]["keras vs tflite"]["passed"]

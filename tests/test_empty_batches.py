@@ -55,7 +55,7 @@ def test_the_parity_gate_skips_empty_validation_and_random_batches():
                   (empty(), [], np.zeros(0, int))]
     a, b = NeverEmpty(), NeverEmpty()
     bytes_calls = []
-    report = parity.measure({"a": a, "b": b}, iter(validation), [images(2, 2), empty(), images(1, 3)], atol=1e-4,
+    report = parity.parity_report({"a": a, "b": b}, iter(validation), [images(2, 2), empty(), images(1, 3)], atol=1e-4,
                             bytes_runner=("a_bytes", "a", lambda encoded: bytes_calls.append(len(encoded)) or a(np.stack(encoded))))
     assert report["passed"], report["failures"]
     assert report["images"]["validation"] == 7 and report["pairs"]["a vs b"]["random"]["images"] == 3
@@ -64,7 +64,7 @@ def test_the_parity_gate_skips_empty_validation_and_random_batches():
 
 def test_the_gate_with_only_empty_batches_fails_without_calling_a_model():
     a = NeverEmpty()
-    report = parity.measure({"a": a, "b": NeverEmpty()}, iter([(empty(), [], np.zeros(0, int))]), [images(2)], 1e-4)
+    report = parity.parity_report({"a": a, "b": NeverEmpty()}, iter([(empty(), [], np.zeros(0, int))]), [images(2)], 1e-4)
     assert not report["passed"] and any("no validation images" in line for line in report["failures"])
     assert a.rows == [2]  # the random batch only
 
@@ -150,7 +150,7 @@ def test_with_onednn_on_a_keras_model_fails_on_an_empty_batch_and_the_loops_neve
         from toolkit.common import machine
         from toolkit.train import outputs
         from toolkit.export import compare as parity
-        from toolkit.export import savedmodel as serving
+        from toolkit.export import gate
         model = keras.Sequential([keras.Input(({SIZE}, {SIZE}, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense({CLASSES})])
         empty = np.zeros((0, {SIZE}, {SIZE}, 3), np.float32)
@@ -160,9 +160,9 @@ def test_with_onednn_on_a_keras_model_fails_on_an_empty_batch_and_the_loops_neve
             direct = "ran"
         except Exception as e:
             direct = type(e).__name__
-        run = serving.keras_runner(model)
+        run = gate.keras_runner(model)
         validation = [(empty, [], np.zeros(0, int)), (x, [b"x"] * 5, np.arange(5) % {CLASSES}), (empty, [], np.zeros(0, int))]
-        report = parity.measure({{"keras": run, "again": run}}, iter(validation), [x[:2], empty], 1e-4)
+        report = parity.parity_report({{"keras": run, "again": run}}, iter(validation), [x[:2], empty], 1e-4)
         batches = [(tf.constant(x / 127.5 - 1), tf.constant(np.arange(5) % {CLASSES})), (tf.constant(empty), tf.zeros([0], tf.int64))]
         got = outputs.collect_predictions(model, batches, 100, 2)
         print(json.dumps({{"onednn": machine.onednn_enabled(), "direct": direct, "passed": report["passed"],

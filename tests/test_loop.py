@@ -7,11 +7,12 @@ import pytest
 import tensorflow as tf
 
 from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.models import resnet_v2
 
 
 def test_warmup_then_cosine_schedule():
-    s = loop.WarmupCosine(0.4, warmup_steps=10, total_steps=110)
+    s = optim.WarmupCosine(0.4, warmup_steps=10, total_steps=110)
     assert float(s(0)) == pytest.approx(0.04)
     assert float(s(9)) == pytest.approx(0.4)
     assert float(s(10)) == pytest.approx(0.4)
@@ -23,7 +24,7 @@ def test_warmup_then_cosine_schedule():
 
 def test_weight_decay_spares_batchnorm_and_biases():
     model = resnet_v2.build_model(4, 32)
-    decayed = {v.path for v in loop.decayed_variables(model)}
+    decayed = {v.path for v in optim.decayed_variables(model)}
     assert "conv1_conv/kernel" in decayed and "predictions/kernel" in decayed
     assert not any(p.endswith(("gamma", "beta", "bias")) for p in decayed)
 

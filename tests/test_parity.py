@@ -89,7 +89,7 @@ def test_measure_finds_a_format_wrong_only_at_one_batch_size():
     def breaks_at_seven(images):
         return linear_model(images, shift=np.float32(3.0) * (np.arange(NUM_CLASSES) == 0)) if len(images) == 7 else linear_model(images)
 
-    report = parity.measure(
+    report = parity.parity_report(
         {"ref": linear_model, "other": breaks_at_seven},
         batches(10),
         parity.random_images(8, seed=3),
@@ -103,7 +103,7 @@ def test_measure_finds_a_format_wrong_only_at_one_batch_size():
 
 
 def test_every_pair_is_compared_and_the_bytes_path_on_validation_only():
-    report = parity.measure(
+    report = parity.parity_report(
         {"a": linear_model, "b": linear_model, "c": linear_model},
         batches(6),
         parity.random_images(8, batch_sizes=(1, 2)),
@@ -117,7 +117,7 @@ def test_every_pair_is_compared_and_the_bytes_path_on_validation_only():
 
 
 def test_no_validation_images_fails_the_gate():
-    report = parity.measure({"a": linear_model, "b": linear_model}, iter(()), parity.random_images(8), 1e-4)
+    report = parity.parity_report({"a": linear_model, "b": linear_model}, iter(()), parity.random_images(8), 1e-4)
     assert not report["passed"] and report["images"]["validation"] == 0
     assert any("no validation images" in line for line in report["failures"])
 
@@ -129,7 +129,7 @@ def test_variants_are_reported_but_not_gated():
         logits = rng.normal(0, 5, (len(images), NUM_CLASSES)).astype(np.float32)
         return softmax(logits), logits
 
-    report = parity.measure(
+    report = parity.parity_report(
         {"keras": linear_model, "onnx": linear_model}, batches(12), parity.random_images(8), 1e-4, variants={"onnx_int8": noisy}
     )
     assert report["passed"]
@@ -144,7 +144,7 @@ def test_two_runs_of_one_model_are_each_judged_against_the_references_only():
     def off(images):
         return linear_model(images, shift=np.float32(0.5) * (np.arange(NUM_CLASSES) == 0))
 
-    report = parity.measure(
+    report = parity.parity_report(
         {"keras": linear_model, "saved_model": linear_model, "onnx": linear_model, "onnx_unoptimized": off},
         batches(8), parity.random_images(8, batch_sizes=(1, 3)), 1e-4, unpaired=[("onnx", "onnx_unoptimized")],
     )

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from toolkit.common.batches import batch_rows, nonempty_batches
 from toolkit.infer import loaders as runtimes
 
 SIZE, CLASSES = 8, 3
@@ -97,6 +98,6 @@ def test_an_unloadable_file_is_one_line_naming_the_flag(tmp_path):
 def test_nonempty_batches_drops_exactly_the_empty_ones():
     empty = np.zeros((0, SIZE, SIZE, 3), np.float32)
     batches = [images(2), empty, (empty, []), (images(1), [b"x"]), [np.zeros((0,)), np.zeros((0, 2))], images(3)]
-    kept = list(runtimes.nonempty_batches(iter(batches)))
-    assert [runtimes.batch_rows(b) for b in kept] == [2, 1, 3]
-    assert list(runtimes.nonempty_batches([])) == []
+    kept = list(nonempty_batches(iter(batches)))
+    assert [batch_rows(b) for b in kept] == [2, 1, 3]
+    assert list(nonempty_batches([])) == []

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from PIL import Image
 
 import data_helpers as dh
+from toolkit import cli
 from toolkit.config import DataConfig
 from toolkit.data import convert, external, pipeline, schema, shards, writer
 
@@ -93,10 +93,9 @@ def test_tfds_errors_are_one_line_and_name_the_flag(tfds_dir, tmp_path):
 
 
 def test_tfds_through_the_command_line_flags(tfds_dir, tmp_path):
-    fv = flags.FlagValues()
-    convert.define_flags(fv)
-    fv(["convert", "--tfds_name=tiny_gray", f"--tfds_data_dir={tfds_dir}", f"--out={tmp_path / 'out'}", "--workers=2", "--noprogress"])
-    m = convert.convert_with_flags(fv).manifest
+    (c,), _ = cli.parse_args(convert.SECTIONS, ["--tfds_name=tiny_gray", f"--tfds_data_dir={tfds_dir}", f"--out={tmp_path / 'out'}",
+                                                "--workers=2", "--noprogress"])
+    m = convert.convert(c).manifest
     assert (m["splits"]["train"]["count"] + m["splits"]["val"]["count"], m["splits"]["test"]["count"]) == (12, 6)
 
 
@@ -158,10 +157,9 @@ def test_imagenet_style_shards_are_also_readable_directly_with_the_offset(tmp_pa
 
 def test_src_format_is_detected_from_the_files(tmp_path):
     write_imagenet_style(tmp_path / "imagenet", with_bad=False)
-    fv = flags.FlagValues()
-    convert.define_flags(fv)
-    fv(["convert", f"--src={tmp_path / 'imagenet'}", f"--out={tmp_path / 'out'}", "--label_offset=1", "--max_side=20", "--workers=1", "--noprogress"])
-    m = convert.convert_with_flags(fv).manifest
+    (c,), _ = cli.parse_args(convert.SECTIONS, [f"--src={tmp_path / 'imagenet'}", f"--out={tmp_path / 'out'}", "--label_offset=1",
+                                                "--max_side=20", "--workers=1", "--noprogress"])
+    m = convert.convert(c).manifest
     assert m["source_kind"] == "tfrecord" and m["stats"]["resized"] == 15
     assert all(min(r["height"], r["width"]) == 20 for r in dh.read_records(str(tmp_path / "out")))
 

@@ -11,6 +11,9 @@ import math
 import os
 from typing import Optional
 
+from toolkit import layout
+from toolkit.common.errors import BadInput
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -25,9 +28,10 @@ MIN_OPSET = 13
 MAX_OPSET = 18
 
 
-def _opt(default, help: str):
-    """A config field with its command-line help: toolkit.flags defines --<field name> from it."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def _opt(default, help: str, **meta):
+    """A config field with its command-line help: toolkit.cli defines --<field name> from it (meta:
+    kind="multi" for a repeatable flag, lower_bound=N)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +128,6 @@ class ExportConfig:
     triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
                                 "dir, e.g. triton; empty: none.")
     triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
-    tflite: bool = _opt(False, "Also write model.tflite (float32, converted from the SavedModel), gated in the LiteRT interpreter.")
-    tflite_int8: bool = _opt(False, "Also write model_int8.tflite (int8, calibrated on the ONNX int8 calibration images).")
-    triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
-                                "dir, e.g. triton; empty: none.")
-    triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +156,8 @@ DEMO_OVERRIDES = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad setting. The message is one line and names the flag."""
+class ConfigError(BadInput):
+    """A bad setting. The message is one line and names the flag (exit code 2)."""
 
 
 def validate(config: Config, num_replicas: Optional[int] = None) -> None:
@@ -234,8 +233,7 @@ def validate_export(config: ExportConfig) -> None:
     need(isinstance(config.parity_atol, (int, float)) and 0 < config.parity_atol < math.inf,
          "parity_atol", f"must be positive and finite, got {config.parity_atol}")
     # the repository lives inside the export (placed with it atomically), never over another artifact
-    taken = (".", "..", "saved_model", "model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite",
-             "labels.txt", "parity.json", "export.json", "MODEL_CARD.md")
+    taken = (".", "..", *layout.EXPORT_FILES)
     repo = config.triton_repo
     need(isinstance(repo, str) and (not repo or (not os.path.isabs(repo) and ".." not in repo.split("/")
                                                  and os.path.normpath(repo).split(os.sep)[0] not in taken)),
@@ -280,3 +278,96 @@ def parse_randaugment(value: str):
         return None
     n, m = int(parts[0]), int(parts[1])
     return (n, m) if 1 <= n <= 10 and 0 <= m <= 10 else None
+
+
+# ------------------------------------------------------------------------ the other commands' settings
+BACKENDS = ("onnx", "savedmodel", "tflite")  # the runtimes an exported model runs in (toolkit.infer.loaders)
+MAX_PIXELS = 100_000_000  # larger images are reported, not decoded (3 bytes a pixel, x4 as float32, before the resize)
+GRID_IMAGES = 24  # sample images in predictions.png
+CONVERT_FORMATS = ("auto", "folder", "tfrecord")
+PROGRESS_MODES = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSource:
+    """Which training run `python -m toolkit.export` exports (the ExportConfig fields are its other flags)."""
+
+    model_dir: str = _opt("", "The training directory to export (its run.json, and model.weights.h5 or checkpoints).")
+    data_dir: str = _opt("", "Where the parity gate's validation images (and the int8 calibration images) are; "
+                             "empty: the run's own data.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityConfig:
+    """What `python -m toolkit.parity` checks again."""
+
+    export_dir: str = _opt("", "The export to check again (the directory holding export.json).")
+    model_dir: str = _opt("", "The training directory to compare with; empty: the one export.json names.")
+    data_dir: str = _opt("", "Where the validation images are; empty: the run's own data.")
+    parity_images: int = _opt(0, "Validation images compared; 0: all.")
+    parity_atol: float = _opt(1e-4, "Largest allowed absolute difference of probabilities between formats.")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """What `python -m toolkit.infer` scores, with which model, and where the results go."""
+
+    model: str = _opt("", "An export directory, an .onnx or .tflite file, or a SavedModel directory.")
+    inputs: tuple = _opt((), "Directories (read recursively), globs, image files or TFRecord files; repeat the flag or "
+                             "list them after the flags.", kind="multi")
+    output: str = _opt("", "The results file: .csv or .jsonl (written to a temporary name, then renamed).")
+    backend: str = _opt("auto", f"auto|{'|'.join(BACKENDS)}; auto: an export's ONNX model, else what --model is.")
+    batch_size: int = _opt(32, "Images per model call.", lower_bound=1)
+    threads: int = _opt(0, "Threads of the model's computation; 0: the backend's default (every core).", lower_bound=0)
+    top_k: int = _opt(5, "Classes per image in the output (at most the model's).", lower_bound=1)
+    max_pixels: int = _opt(MAX_PIXELS, "Larger images are reported, not decoded.", lower_bound=1)
+    progress: str = _opt("auto", f"{'|'.join(PROGRESS_MODES)}: a progress bar on stderr; auto: when stderr is a terminal.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """What `python -m toolkit.evaluate` scores, with which model, and where the reports go."""
+
+    model: str = _opt("", "An export directory, an .onnx or .tflite file, or a SavedModel directory.")
+    data: str = _opt("", "An image folder with class subfolders (or train/, val/, test/ folders of them), or a "
+                         "directory of TFRecord shards.")
+    out: str = _opt("", "Directory for metrics.json, confusion_matrix.png/.json and predictions.png/.csv.")
+    split: str = _opt("val", "Split to read: val (or validation) or test, from shards (val-*, test-*) or from a folder "
+                             "holding train/, val/, test/.")
+    backend: str = _opt("auto", f"auto|{'|'.join(BACKENDS)}; auto: an export's ONNX model, else what --model is.")
+    batch_size: int = _opt(32, "Images per model call.", lower_bound=1)
+    threads: int = _opt(0, "Threads of the model's computation; 0: the backend's default.", lower_bound=0)
+    label_offset: int = _opt(0, "Subtracted from stored labels (1 for ImageNet-style shards).")
+    grid_images: int = _opt(GRID_IMAGES, "Images in predictions.png (0: none).", lower_bound=0)
+    max_pixels: int = _opt(MAX_PIXELS, "Larger images are reported, not decoded.", lower_bound=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """What `python -m toolkit.data.convert` reads and writes."""
+
+    src: str = _opt("", "Image folder (SRC/<class>/, or SRC/train/<class>/ with optional SRC/val/<class>/ and "
+                        "SRC/test/<class>/), or a directory of TFRecord shards.")
+    out: str = _opt("", "Output directory for shards, labels.txt and manifest.json.")
+    src_format: str = _opt("auto", f"{'|'.join(CONVERT_FORMATS)}: what --src holds; auto: TFRecords if it has "
+                                   "train-*/validation-* files or a manifest.")
+    tfds_name: str = _opt("", "Convert this tensorflow-datasets dataset (prepared in --tfds_data_dir) instead of --src.")
+    tfds_data_dir: str = _opt("", "Local TFDS data dir holding --tfds_name; nothing is downloaded.")
+    tfds_train_split: str = _opt("train", "TFDS split to use for training.")
+    tfds_val_split: str = _opt("", "TFDS split to use for validation; empty: validation/val, else --val_fraction of "
+                                   "train (a TFDS test split becomes the test split, never validation, unless named here).")
+    tfds_image_key: str = _opt("image", "TFDS image feature.")
+    tfds_label_key: str = _opt("label", "TFDS ClassLabel feature.")
+    val_fraction: float = _opt(0.1, "Validation fraction per class drawn from train when the source has no validation "
+                                    "split (a test split is never used for validation).")
+    shard_size: int = _opt(1024, "At most this many images per shard.", lower_bound=1)
+    min_shards: int = _opt(8, "At least this many shards per split (fewer only if a split has fewer images), so up to "
+                              "this many workers each read their own files.", lower_bound=1)
+    workers: int = _opt(0, "Parallel worker processes; 0: every core.", lower_bound=0)
+    max_side: int = _opt(0, "Downscale images whose SHORTER side exceeds this to exactly this (aspect kept); 0: keep "
+                            "sizes. 256 suits a 224 model and speeds up the input pipeline (BENCHMARKS.md).", lower_bound=0)
+    jpeg_quality: int = _opt(90, "JPEG quality of re-encoded images (converted formats, --max_side).", lower_bound=1)
+    label_offset: int = _opt(0, "TFRecord sources: subtracted from stored labels (1 for shards that count labels from 1).")
+    seed: int = _opt(0, "Seed of the validation split and of the storage order.")
+    overwrite: bool = _opt(False, "Replace an existing output directory (only one that holds a manifest.json).")
+    progress: bool = _opt(True, "Show a progress bar.")

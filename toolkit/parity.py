@@ -1,57 +1,37 @@
-"""python -m toolkit.parity: re-run the parity gate on an existing export.
+"""python -m toolkit.parity: run the parity gate again on an existing export.
 
-  python -m toolkit.parity --export_dir DIR [--model_dir RUN] [--data_dir SHARDS] [--parity_images N]
+  python -m toolkit.parity --export_dir DIR [--model_dir RUN] [--data_dir DATA] [--parity_images N]
 
-After copying an export, or touching it: compares Keras, the SavedModel and the ONNX models again
-(toolkit.export.run.verify_export; the arithmetic is toolkit.export.compare) and updates the export's
-parity.json and export.json. Exit code 4 when the gate fails (as for toolkit.train and
-toolkit.export), 2 for bad input.
+After copying an export, or touching it: compares the Keras model, the SavedModel and the ONNX
+(and TFLite) models again on the validation images and on random ones, and brings the export's
+parity.json, export.json and model card up to date.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from toolkit import cli, config
 
-if __name__ == "__main__":  # before TensorFlow is imported: keep its C++ start-up chatter out of the log
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-FLAGS_USED = ("export_dir", "model_dir", "data_dir", "parity_images", "parity_atol")
+SECTIONS = (config.ParityConfig,)
 
 
-def main(argv):
-    """Re-check --export_dir; exits 2 on bad input, 4 when the gate fails."""
-    from absl import app, flags
+def main(argv) -> None:
+    del argv
+    from absl import flags
 
-    from toolkit.export import run as exporting
-    from toolkit.common.logs import error, log, quiet_tensorflow_logs
+    from toolkit.common.errors import ParityFailed
+    from toolkit.common.logs import log
+    from toolkit.export.verify import verify_export
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    quiet_tensorflow_logs(FLAGS["verbosity"].present)
-    try:
-        result = exporting.verify_export(
-            FLAGS.export_dir,
-            model_dir=FLAGS.model_dir if FLAGS["model_dir"].present else None,
-            parity_images=FLAGS.parity_images,
-            atol=FLAGS.parity_atol,
-            data_dir=FLAGS.data_dir or None,
-            log=log,
-        )
-    except ValueError as e:
-        error(str(e).splitlines()[0])
-        sys.exit(2)
+    c = config.ParityConfig(**cli.values_of(config.ParityConfig, flags.FLAGS))
+    result = verify_export(c.export_dir, model_dir=c.model_dir or None, parity_images=c.parity_images, atol=c.parity_atol,
+                           data_dir=c.data_dir or None, log=log)
     if not result["passed"]:
-        error(f"parity gate FAILED for {FLAGS.export_dir}: " + "; ".join(result["failures"]))
-        sys.exit(4)
+        raise ParityFailed(f"parity gate FAILED for {c.export_dir}: " + "; ".join(result["failures"]), result)
+
+
+def run_main() -> None:
+    cli.run(__doc__, SECTIONS, main)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    from toolkit import flags as flags_lib
-
-    for name in FLAGS_USED:
-        flags.declare_key_flag(name, flags_lib.FLAGS)
-    app.run(main)
+    run_main()

@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from toolkit.train import distribute  # noqa: E402
 from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.common import machine
 from toolkit.train import run as training
 from toolkit.config import Config, DataConfig, ExportConfig, TrainConfig  # noqa: E402
@@ -62,8 +63,8 @@ def train_steps(precision, xla, sizes=(32,)):
         config = TrainConfig(optimizer="adam", learning_rate=1e-3, warmup_epochs=0, epochs=1, weight_decay=0)
         with strategy.scope():
             model = resnet_v2.build_model(4, 32 if sizes == (32,) else None)
-            optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision=precision)
-            loop.build_optimizer_state(optimizer, model)
+            optimizer = optim.make_optimizer(config, steps_per_epoch=100, precision=precision)
+            optim.build_optimizer_state(optimizer, model)
         trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4, xla=xla)
         batches = [fixed_batch(size=size) for size in sizes]
         # fp16 starts at a loss scale of 2^15 that overflows: the first steps are skipped while it halves
@@ -112,8 +113,8 @@ def steps_per_loop_equivalence():
                 if initial is None:
                     initial = model.get_weights()
                 model.set_weights(initial)
-                optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision="fp32")
-                loop.build_optimizer_state(optimizer, model)
+                optimizer = optim.make_optimizer(config, steps_per_epoch=100, precision="fp32")
+                optim.build_optimizer_state(optimizer, model)
             trainer = loop.Trainer(model, optimizer, strategy, global_batch_size=8, num_classes=4)
             batches = iter(strategy.experimental_distribute_dataset(ds))
             if mode == "loop":

@@ -31,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 from toolkit import flags as flags_lib  # noqa: E402
 from toolkit.train import distribute  # noqa: E402
 from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.train import session
 from toolkit.data import pipeline, shards  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
@@ -52,8 +53,8 @@ def main():
     num_classes = m.num_classes or info.num_classes
     steps = t.steps_per_epoch * t.epochs
     model = resnet_v2.build_model(num_classes, d.image_size, m.depth, m.sync_batchnorm, m.freeze_backbone)
-    optimizer = loop.make_optimizer(t, t.steps_per_epoch, "fp32")
-    loop.build_optimizer_state(optimizer, model)
+    optimizer = optim.make_optimizer(t, t.steps_per_epoch, "fp32")
+    optim.build_optimizer_state(optimizer, model)
     helper = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), d.batch_size, num_classes, t.label_smoothing)
     statistics = [v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))]
 

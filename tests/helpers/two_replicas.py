@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 from toolkit.train import distribute  # noqa: E402
 from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.config import TrainConfig  # noqa: E402
 from toolkit.models import resnet_v2  # noqa: E402
 
@@ -36,8 +37,8 @@ def make(strategy, precision, weights=None, freeze_bn=True):
                 layer.trainable = False
         if weights is not None:
             model.set_weights(weights)
-        optimizer = loop.make_optimizer(config, steps_per_epoch=100, precision=precision)
-        loop.build_optimizer_state(optimizer, model)
+        optimizer = optim.make_optimizer(config, steps_per_epoch=100, precision=precision)
+        optim.build_optimizer_state(optimizer, model)
     return model, optimizer, loop.Trainer(model, optimizer, strategy, GLOBAL_BATCH, num_classes=4)
 
 

@@ -101,13 +101,18 @@ def write_with(path: str, write: Callable[[str], T]) -> T:
     tmp = temporary_path(path)
     try:
         result = write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
         return result
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def publish(tmp: str, path: str) -> None:
+    """Flush a file written under a temporary name (beside `path`) to disk and rename it to `path`."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import os
 from typing import NamedTuple
 
 from toolkit.data import splits, writer
-from toolkit.data.listing import plain_files, subdirs, visible
+from toolkit.data.listing import plain_files, subdirs, visible_files
 
 class FolderScan(NamedTuple):
     layout: str  # "classes" or "splits"
@@ -37,11 +37,7 @@ class FolderScan(NamedTuple):
 
 def _files_under(root: str, top: str) -> list:
     """Every visible file below root/top, as paths relative to root, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-        dirnames[:] = sorted(d for d in dirnames if visible(d))
-        found.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if visible(f))
-    return sorted(found)
+    return sorted(os.path.relpath(path, root) for path in visible_files(os.path.join(root, top)))
 
 
 def _split_folder(src: str, split: str):

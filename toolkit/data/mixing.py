@@ -25,6 +25,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from toolkit.common.errors import BadInput
+
 MIX_SALT = 0x6D6978  # "mix": keeps batch seeds apart from the shuffle and per-image seeds
 
 
@@ -47,7 +49,7 @@ def from_config(config, num_classes: int) -> Optional[MixSettings]:
     if not (config.mixup_alpha > 0 or config.cutmix_alpha > 0):
         return None
     if num_classes <= 0:
-        raise ValueError(f"--mixup_alpha/--cutmix_alpha: mixing makes soft labels and needs the number of classes, "
+        raise BadInput(f"--mixup_alpha/--cutmix_alpha: mixing makes soft labels and needs the number of classes, "
                          f"got num_classes={num_classes}")
     return MixSettings(num_classes, float(config.mixup_alpha), float(config.cutmix_alpha),
                        float(config.mix_prob), float(config.mix_switch_prob))

@@ -20,6 +20,8 @@ import os
 from typing import Callable
 
 from toolkit.data.listing import holds_shards, visible  # noqa: F401 - holds_shards: prepare's callers ask it too
+from toolkit import layout
+from toolkit.common.errors import BadInput
 
 DIGEST_KEY = "source_digest"
 # Below this many training images the data is "small": the ImageNet recipe (224 px, batch 64,
@@ -28,7 +30,7 @@ SMALL_DATA_IMAGES = 5000
 SMALL_DATA_RECIPE = "configs/small_data.flags"
 
 
-class PrepareError(ValueError):
+class PrepareError(BadInput):
     """--data_dir cannot be used or converted; one line naming the flag."""
 
 
@@ -47,7 +49,7 @@ def folder_digest(src: str) -> str:
 def _reusable(work_dir: str, src: str, digest: str, max_side: int) -> bool:
     """Whether work_dir holds a finished conversion of `src` as it is now, with the same options."""
     try:
-        with open(os.path.join(work_dir, "manifest.json")) as f:
+        with open(os.path.join(work_dir, layout.MANIFEST)) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return False

@@ -21,9 +21,11 @@ import tensorflow as tf
 
 from toolkit.common import atomic
 from toolkit.data import splits
+from toolkit import layout
+from toolkit.common.errors import BadInput
 
-MANIFEST = "manifest.json"
-LABELS = "labels.txt"
+MANIFEST = layout.MANIFEST
+LABELS = layout.LABELS
 MANIFEST_FORMAT = "toolkit-tfrecord-v1"
 
 
@@ -71,7 +73,7 @@ class DatasetInfo:
             have = ", ".join(sorted(self.files)) or "none"
             hint = ("; python -m toolkit.data.convert --val_fraction 0.1 holds a share of train out as val"
                     if split == "val" else "")
-            raise ValueError(f"--data_dir: {self.data_dir} has no {split!r} shards (it has {have}){hint}")
+            raise BadInput(f"--data_dir: {self.data_dir} has no {split!r} shards (it has {have}){hint}")
         return files
 
 
@@ -83,7 +85,7 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     present.
     """
     if not data_dir or not os.path.isdir(data_dir):
-        raise ValueError(f"--data_dir: {data_dir!r} is not a directory")
+        raise BadInput(f"--data_dir: {data_dir!r} is not a directory")
     manifest_path = os.path.join(data_dir, MANIFEST)
     manifest = {}
     if os.path.exists(manifest_path):
@@ -91,7 +93,7 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
             with open(manifest_path) as f:
                 manifest = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--data_dir: cannot read {manifest_path}: {e}") from e
+            raise BadInput(f"--data_dir: cannot read {manifest_path}: {e}") from e
 
     class_names = tuple(manifest.get("class_names", ()))
     labels_path = os.path.join(data_dir, LABELS)
@@ -114,8 +116,8 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
                 files[split], counts[split] = tuple(found), 0
                 break
     if not files:
-        raise ValueError(f"--data_dir: no TFRecord shards (train-*, val-*) in {data_dir}")
+        raise BadInput(f"--data_dir: no TFRecord shards (train-*, val-*) in {data_dir}")
     missing = [p for paths in files.values() for p in paths if not os.path.exists(p)]
     if missing:
-        raise ValueError(f"--data_dir: shard listed in {MANIFEST} is missing: {missing[0]}")
+        raise BadInput(f"--data_dir: shard listed in {MANIFEST} is missing: {missing[0]}")
     return DatasetInfo(data_dir, class_names, files, counts, manifest)

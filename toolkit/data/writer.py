@@ -33,12 +33,13 @@ import tqdm
 from toolkit.common import atomic
 from toolkit.data import images, schema, shards
 from toolkit.common.messages import op_message
+from toolkit.common.errors import BadInput
 
 CHUNK = 8  # images per inter-process round trip
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, bounded memory
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInput):
     """A bad input or output location; the message is one line and names the flag."""
 
 
@@ -202,7 +203,7 @@ class _SplitWriter:
         names = []
         for i, k in enumerate(kept):
             names.append(shards.shard_name(self.split, i, len(kept)))
-            os.replace(self._partial(k), os.path.join(self.directory, names[-1]))
+            atomic.publish(self._partial(k), os.path.join(self.directory, names[-1]))
         for k in self.counts:
             if self.counts[k] == 0 and os.path.exists(self._partial(k)):
                 os.remove(self._partial(k))

@@ -1,29 +1,21 @@
-"""python -m toolkit.export: export a trained run (float32 SavedModel, ONNX, parity gate).
+"""python -m toolkit.export: export a trained run: a float32 SavedModel and ONNX model (and, on request,
+float16/int8 ONNX, TFLite, a Triton repository), proven to agree by the parity gate.
 
-  python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_fp16] [--onnx_int8] [--tflite] [--tflite_int8]
-      [--triton_repo triton] ...
+  python -m toolkit.export --model_dir RUN [--export_dir DIR] [--onnx_int8] [--tflite] [--triton_repo triton]
 
-A thin entry point over toolkit.export.run (the library; see its doc for what an export holds).
 Export flags given on the command line win; the others come from the run's recorded settings
-(run.json), then the defaults. Exit codes: 2 for bad input (one line naming the flag), 4 when the
-parity gate fails (the artifacts are kept, marked failed in export.json).
+(run.json), then the defaults. A failed gate keeps the artifacts, marked failed in export.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
-if __name__ == "__main__":  # before TensorFlow is imported: keep its C++ start-up chatter out of the log
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from toolkit import cli, config
+from toolkit.config import ExportConfig
 
-from toolkit.config import ExportConfig  # noqa: E402
-# The library's names, importable from here until every caller imports toolkit.export.run.
-from toolkit.export.run import ExportError, ParityError, export_model  # noqa: E402,F401
-
-FLAGS_USED = ("model_dir", "export_dir", "data_dir", "opset", "onnx_layout", "parity_images", "parity_atol", "onnx_fp16", "onnx_int8",
-              "tflite", "tflite_int8", "triton_repo", "triton_max_batch_size")
+SECTIONS = (config.ExportSource, ExportConfig)
+OMITTED = ("export",)  # ExportConfig.export means "export after training": not a flag of the export itself
 
 
 def config_from_flags(flag_values, record: dict) -> ExportConfig:
@@ -48,36 +40,26 @@ def config_from_flags(flag_values, record: dict) -> ExportConfig:
     return ExportConfig(**values)
 
 
-def main(argv):
-    """python -m toolkit.export; exit 2 on bad input, 4 when the parity gate fails."""
-    from absl import app, flags
+def main(argv) -> None:
+    del argv
+    from absl import flags
 
-    from toolkit.train import checkpoint as ckpt_lib
-    from toolkit.common.logs import error, log, quiet_tensorflow_logs
+    from toolkit import layout
+    from toolkit.common.errors import BadInput
+    from toolkit.common.logs import log
+    from toolkit.export.run import export_model
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    FLAGS = flags.FLAGS
-    quiet_tensorflow_logs(FLAGS["verbosity"].present)
+    source = config.ExportSource(**cli.values_of(config.ExportSource, flags.FLAGS))
     try:
-        try:
-            record = ckpt_lib.load_run_record(FLAGS.model_dir)
-        except ValueError:
-            record = {}  # export_model reports it in one line
-        export_model(FLAGS.model_dir, config_from_flags(FLAGS, record), log=log, data_dir=FLAGS.data_dir or None)
-    except ExportError as e:
-        error(str(e))
-        sys.exit(2)
-    except ParityError as e:
-        error(str(e))
-        sys.exit(4)
+        record = layout.load_run_record(source.model_dir)
+    except BadInput:
+        record = {}  # export_model reports it in one line
+    export_model(source.model_dir, config_from_flags(flags.FLAGS, record), log=log, data_dir=source.data_dir or None)
+
+
+def run_main() -> None:
+    cli.run(__doc__, SECTIONS, main, omit=OMITTED)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    from toolkit import flags as flags_lib
-
-    for name in FLAGS_USED:
-        flags.declare_key_flag(name, flags_lib.FLAGS)
-    app.run(main)
+    run_main()

@@ -9,7 +9,7 @@ keeps logits within LOGITS_RTOL of their scale.
 The float32 ONNX model runs twice, at onnxruntime's default graph optimization level and with
 optimizations disabled (the export names them "onnx" and "onnx_unoptimized"): graph optimizations
 change the arithmetic, and both must pass; `format_verdicts` gives each format's own verdict.
-No runner is ever called on an empty batch (runtimes.nonempty_batches).
+No runner is ever called on an empty batch (nonempty_batches).
 The float16 and int8 variants are not gated (they are not meant to be exact): the report gives
 their top-1 agreement with the float32 ONNX model and their validation accuracy.
 
@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from toolkit.infer.loaders import nonempty_batches
+from toolkit.common.batches import nonempty_batches
 
 RANDOM_BATCH_SIZES = (1, 7, 32)
 TOP_K = 5
@@ -101,7 +101,7 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(1) == labels)) if len(labels) else float("nan")
 
 
-def measure(
+def parity_report(
     runners: dict[str, Runner],
     validation: Iterable[tuple],
     random: Sequence[np.ndarray],

@@ -9,7 +9,6 @@ export directory, so they are placed atomically with the rest:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -21,10 +20,9 @@ from toolkit.export import tflite as tflite_tools
 from toolkit.export import triton
 from toolkit.config import ExportConfig
 from toolkit.data import records
+from toolkit import layout
+from toolkit.common.errors import BadInput
 
-TFLITE_FILES = {"tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
-WARMUP = f"saved_model/{serving_warmup.WARMUP_DIR}/{serving_warmup.WARMUP_FILE}"
-MODEL_CARD = "MODEL_CARD.md"
 CALIBRATION_IMAGES = 64  # training images for int8 calibration (ONNX and TFLite alike)
 CALIBRATION_BATCH = 8
 
@@ -49,20 +47,20 @@ def write_before_gate(tmp: str, saved_model_dir: str, record: dict, info, config
         start = time.time()
         calibration = calibration_batches(record, info) if key == "tflite_int8" else None
         try:
-            size = tflite_tools.convert(saved_model_dir, os.path.join(tmp, TFLITE_FILES[key]), calibration)
+            size = tflite_tools.convert(saved_model_dir, os.path.join(tmp, layout.TFLITE_FILES[key]), calibration)
         except ValueError as e:
-            raise ValueError(f"--{key}: {e} in {info.data_dir}") from e
+            raise BadInput(f"--{key}: {e} in {info.data_dir}") from e
         seconds[key] = round(time.time() - start, 2)
-        log(f"export: {TFLITE_FILES[key]} written ({size / 1e6:.1f} MB, {seconds[key]:.0f} s)")
-        written[key] = TFLITE_FILES[key]
+        log(f"export: {layout.TFLITE_FILES[key]} written ({size / 1e6:.1f} MB, {seconds[key]:.0f} s)")
+        written[key] = layout.TFLITE_FILES[key]
     start = time.time()
     batch = next(records.image_batches(info.split_files("val"), record["image_size"], serving_warmup.WARMUP_IMAGES,
                                        serving_warmup.WARMUP_IMAGES, export_gate.label_offset(record)), None)
     if batch is None:
-        raise ValueError(f"--data_dir: {info.data_dir} has no validation images for the TF Serving warm-up requests")
+        raise BadInput(f"--data_dir: {info.data_dir} has no validation images for the TF Serving warm-up requests")
     serving_warmup.write(saved_model_dir, batch[0], batch[1])
     seconds["serving_warmup"] = round(time.time() - start, 2)
-    written["serving_warmup"] = WARMUP
+    written["serving_warmup"] = layout.WARMUP
     return written
 
 
@@ -80,7 +78,7 @@ def write_after_gate(tmp: str, export_record: dict, config: ExportConfig, model_
         artifacts["triton_repo"] = config.triton_repo
         export_record["triton"] = {"repository": config.triton_repo, "max_batch_size": config.triton_max_batch_size,
                                    "dynamic_batching": True, "models": models}
-    artifacts["model_card"] = MODEL_CARD
+    artifacts["model_card"] = layout.MODEL_CARD
     write_model_card(tmp, export_record, model_dir)
 
 
@@ -94,16 +92,8 @@ def refresh_triton(export_dir: str, export_record: dict, onnx_path: str) -> None
 
 def write_model_card(export_dir: str, export_record: dict, model_dir: str) -> None:
     """MODEL_CARD.md in `export_dir`, from the export record and the run's summary.json and confusion_matrix.json."""
-    summary, confusion = (_read_json(os.path.join(model_dir, name)) for name in ("summary.json", "confusion_matrix.json"))
-    atomic.write_text(os.path.join(export_dir, MODEL_CARD), model_card.render(export_record, summary, confusion))
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    summary, confusion = (layout.read_json(os.path.join(model_dir, name)) for name in (layout.SUMMARY, layout.CONFUSION_JSON))
+    atomic.write_text(os.path.join(export_dir, layout.MODEL_CARD), model_card.render(export_record, summary, confusion))
 
 
 def data_facts(info) -> dict:

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
 
 from toolkit.common import machine
 from toolkit.export import onnx as onnx_tools
 from toolkit.export import compare as parity_gate
-from toolkit.export import savedmodel as serving
-from toolkit.export import tflite as tflite_tools
-from toolkit.data import records
+from toolkit.infer import loaders
+from toolkit.data import preprocess, records
 
 # The float32 ONNX model is gated at onnxruntime's default graph optimization level and with
 # optimizations off: onnxruntime 1.30 computed a trained model ~4.5e-2 off in logits only with them on.
@@ -40,21 +44,36 @@ def gate(model, saved_model_dir: str, paths: dict, layout: str, record: dict, in
     return report
 
 
-def _runner(key: str, path: str, layout: str):
-    return tflite_tools.gate_runner(path) if key.startswith("tflite") else onnx_tools.session_runner(path, layout)
+def _runner(key: str, path: str, layout: str, level: str | None = None):
+    """The gate's function of an exported model file, through the one loader of every format:
+    float32 NHWC [0, 255] images -> (probabilities, logits)."""
+    if key.startswith("tflite"):
+        return loaders.load_model(path, "tflite").outputs
+    return loaders.load_model(path, "onnx", optimization=level, layout=layout).outputs
+
+
+def keras_runner(model: keras.Model) -> Callable[[np.ndarray], tuple]:
+    """(probabilities, logits) of the Keras model itself, run eagerly: the reference of the gate."""
+
+    def run(images: np.ndarray) -> tuple:
+        logits = model(preprocess.normalize(images), training=False)
+        return tf.nn.softmax(logits).numpy(), logits.numpy()
+
+    return run
 
 
 def measure(model, saved_model_dir, paths, layout, record, info, parity_images, atol) -> dict:
     """The parity report, with the onnxruntime version, each optimization level's verdict and the machine."""
     size = record["image_size"]
-    images_runner, bytes_runner = serving.saved_model_runners(saved_model_dir)
-    runners = {"keras": serving.keras_runner(model), "saved_model": images_runner}
+    saved_model = loaders.load_model(saved_model_dir, "savedmodel")
+    runners = {"keras": keras_runner(model), "saved_model": saved_model.outputs}
     for name, level in ONNX_LEVELS.items():
-        runners[name] = onnx_tools.session_runner(paths["onnx"], layout, level)
+        runners[name] = _runner(name, paths["onnx"], layout, level)
     runners.update({k: _runner(k, paths[k], layout) for k in GATED_TFLITE if k in paths})
     variants = {k: _runner(k, paths[k], layout) for k in VARIANTS if k in paths}
     validation = records.image_batches(info.split_files("val"), size, parity_images, label_offset=label_offset(record))
-    report = parity_gate.measure(runners, validation, parity_gate.random_images(size), atol, ("saved_model_bytes", "keras", bytes_runner), variants,
+    report = parity_gate.parity_report(runners, validation, parity_gate.random_images(size), atol,
+                                       ("saved_model_bytes", "keras", saved_model.run_bytes), variants,
                                  unpaired=[tuple(ONNX_LEVELS)])  # each level is judged against Keras and the SavedModel
     verdicts = parity_gate.format_verdicts(report, ONNX_LEVELS)
     report["onnxruntime"] = onnx_tools.onnxruntime_version()

@@ -14,16 +14,18 @@ import json
 import logging
 import os
 import tempfile
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import onnx
 import tensorflow as tf
 
+from toolkit.common.batches import nonempty_batches
 from toolkit import config as config_lib
 from toolkit.common import atomic
 from toolkit.infer import loaders as runtimes
 from toolkit.data import preprocess
+from toolkit.common.errors import BadInput
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "logits")
@@ -70,7 +72,7 @@ def convert(serving_fn: tf.types.experimental.PolymorphicFunction, opset: int, l
     import tf2onnx
 
     if layout not in LAYOUTS:
-        raise ValueError(f"--onnx_layout: must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raise BadInput(f"--onnx_layout: must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     signature = serving_fn.input_signature
     nchw = [f"{INPUT_NAME}:0"] if layout == "nchw" else None
     with _tf2onnx_settings():
@@ -183,7 +185,7 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = runtimes.nonempty_batches(calibration_batches)
+    batches = nonempty_batches(calibration_batches)
     first = next(batches, None)
     if first is None:  # onnxruntime would calibrate on nothing and write ranges from nothing
         raise ValueError("int8 calibration: no images to calibrate on")
@@ -213,26 +215,6 @@ def quantize_int8(float_path: str, out_path: str, calibration_batches: Iterable[
     metadata = {**read_metadata(float_path), "weights_precision": "int8 (static QDQ quantization calibrated on training images)"}
     set_metadata(quantized, metadata)
     onnx.save(quantized, out_path)
-
-
-def session_runner(path: str, layout: str, optimization: str = runtimes.DEFAULT_OPTIMIZATION) -> Callable[[np.ndarray], tuple]:
-    """The parity gate's runner of an .onnx file.
-
-    Args:
-      path: the .onnx file.
-      layout: its input layout ("nhwc" / "nchw"); images are given NHWC either way.
-      optimization: onnxruntime's graph optimization level (see runtimes.onnx_session).
-
-    Returns:
-      A function from float32 NHWC [0, 255] images to (probabilities, logits).
-    """
-    _, run_outputs = runtimes.onnx_session(path, optimization=optimization, layout=layout)
-
-    def run(images: np.ndarray) -> tuple:
-        probabilities, logits = run_outputs(images, OUTPUT_NAMES)
-        return probabilities, logits
-
-    return run
 
 
 def float_initializer_types(path: str) -> set:

@@ -1,4 +1,4 @@
-"""The SavedModel: what it holds, its two serving signatures, and functions that run it.
+"""The SavedModel: what it holds and its two serving signatures (toolkit.infer.loaders runs it).
 
   serving_default   images: float32 [batch, S, S, 3] in [0, 255]  -> probabilities, logits
   serving_bytes     image_bytes: string [batch] (encoded JPEG/PNG) -> probabilities, logits
@@ -11,15 +11,12 @@ load and run (`tf.saved_model.load` in a process that never imports toolkit).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import keras
-import numpy as np
 import tensorflow as tf
 
 from toolkit.data import preprocess
+from toolkit.infer.loaders import BYTES_SIGNATURE, SERVING_SIGNATURE
 
-BYTES_SIGNATURE = "serving_bytes"
 
 
 class ServingModule(tf.Module):
@@ -52,32 +49,4 @@ class ServingModule(tf.Module):
         self.serve_images, self.serve_bytes = serve_images, serve_bytes
 
     def save(self, path: str) -> None:
-        tf.saved_model.save(self, path, signatures={"serving_default": self.serve_images, BYTES_SIGNATURE: self.serve_bytes})
-
-
-def keras_runner(model: keras.Model) -> Callable[[np.ndarray], tuple]:
-    """(probabilities, logits) of the Keras model itself, run eagerly: the reference of the gate."""
-
-    def run(images: np.ndarray) -> tuple:
-        logits = model(preprocess.normalize(images), training=False)
-        return tf.nn.softmax(logits).numpy(), logits.numpy()
-
-    return run
-
-
-def saved_model_runners(path: str) -> tuple:
-    """(images -> outputs, list of encoded bytes -> outputs) through the reloaded SavedModel's signatures."""
-    loaded = tf.saved_model.load(path)
-
-    # both closures hold `loaded`: its signatures stop working once the restored object is collected
-    def run_images(images: np.ndarray) -> tuple:
-        return _outputs(loaded.signatures["serving_default"](images=tf.constant(images, tf.float32)))
-
-    def run_bytes(encoded: list) -> tuple:
-        return _outputs(loaded.signatures[BYTES_SIGNATURE](image_bytes=tf.constant(encoded, tf.string)))
-
-    return run_images, run_bytes
-
-
-def _outputs(result: dict) -> tuple:
-    return result["probabilities"].numpy(), result["logits"].numpy()
+        tf.saved_model.save(self, path, signatures={SERVING_SIGNATURE: self.serve_images, BYTES_SIGNATURE: self.serve_bytes})

@@ -8,21 +8,22 @@ in [0, 255] (any batch), the [-1, 1] scaling, the network and the softmax inside
 The int8 model keeps float32 input and outputs (clients change nothing); weights and activations
 inside are int8, calibrated on the same training images as the ONNX int8 model.
 The interpreter is the `ai_edge_litert` package's (TensorFlow's own tf.lite.Interpreter is
-deprecated), started by toolkit.infer.loaders.tflite_runner.
+deprecated), started by toolkit.infer.loaders.
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
+from toolkit.common.batches import nonempty_batches
 from toolkit.common import atomic
 from toolkit.infer import loaders as runtimes
 
-SIGNATURE = runtimes.TFLITE_SIGNATURE
+SIGNATURE = runtimes.SERVING_SIGNATURE
 INPUT_NAME = "images"
 
 
@@ -42,7 +43,7 @@ def convert(saved_model_dir: str, out_path: str, calibration_batches: Iterable[n
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
     if calibration_batches is not None:
-        batches = runtimes.nonempty_batches(calibration_batches)
+        batches = nonempty_batches(calibration_batches)
         first = next(batches, None)
         if first is None:  # the converter would quantize with ranges from nothing
             raise ValueError("int8 calibration: no images to calibrate on")
@@ -58,14 +59,3 @@ def convert(saved_model_dir: str, out_path: str, calibration_batches: Iterable[n
         data = converter.convert()
     atomic.write_bytes(out_path, data)
     return len(data)
-
-
-def gate_runner(path: str) -> Callable[[np.ndarray], tuple]:
-    """The parity gate's runner of a .tflite file: float32 NHWC [0, 255] images -> (probabilities, logits)."""
-    _, run = runtimes.tflite_runner(path)
-
-    def outputs(images: np.ndarray) -> tuple:
-        result = run(images)
-        return result["probabilities"], result["logits"]
-
-    return outputs

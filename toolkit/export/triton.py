@@ -20,8 +20,8 @@ import os
 import shutil
 
 from toolkit.common import atomic
+from toolkit import layout
 
-VERSION = "1"
 QUEUE_DELAY_MICROSECONDS = 100  # how long the dynamic batcher waits to fill a batch
 _ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 3: "TYPE_INT8", 2: "TYPE_UINT8", 6: "TYPE_INT32", 7: "TYPE_INT64"}
 _TF_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "string": "TYPE_STRING"}
@@ -103,20 +103,20 @@ def refresh_onnx(repo: str, models: dict, onnx_path: str) -> None:
 def write_repository(repo: str, name: str, onnx_path: str, saved_model_dir: str, labels_path: str, max_batch_size: int) -> dict:
     """Write the repository at `repo` (a new directory); returns {model name: {platform, config, model}} (paths relative to repo)."""
     models = {
-        name: ("onnxruntime_onnx", "model.onnx", onnx_tensors(onnx_path)),
+        name: ("onnxruntime_onnx", layout.ONNX, onnx_tensors(onnx_path)),
         f"{name}_savedmodel": ("tensorflow_savedmodel", "model.savedmodel", saved_model_tensors(saved_model_dir)),
     }
     written = {}
     for model_name, (platform, filename, (inputs, outputs)) in models.items():
-        version_dir = os.path.join(repo, model_name, VERSION)
+        version_dir = os.path.join(repo, model_name, layout.TRITON_VERSION)
         os.makedirs(version_dir)
         target = os.path.join(version_dir, filename)
         if platform == "onnxruntime_onnx":
             _link_or_copy(onnx_path, target)
         else:
             shutil.copytree(saved_model_dir, target, copy_function=_link_or_copy)
-        shutil.copy2(labels_path, os.path.join(repo, model_name, "labels.txt"))
-        text = config_text(model_name, platform, max_batch_size, inputs, outputs, "labels.txt")
-        atomic.write_text(os.path.join(repo, model_name, "config.pbtxt"), text)
-        written[model_name] = {"platform": platform, "config": f"{model_name}/config.pbtxt", "model": f"{model_name}/{VERSION}/{filename}"}
+        shutil.copy2(labels_path, os.path.join(repo, model_name, layout.LABELS))
+        text = config_text(model_name, platform, max_batch_size, inputs, outputs, layout.LABELS)
+        atomic.write_text(os.path.join(repo, model_name, layout.TRITON_CONFIG), text)
+        written[model_name] = {"platform": platform, "config": f"{model_name}/{layout.TRITON_CONFIG}", "model": f"{model_name}/{layout.TRITON_VERSION}/{filename}"}
     return written

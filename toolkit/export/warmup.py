@@ -16,14 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from toolkit.common import atomic
+from toolkit import layout
 
-WARMUP_DIR = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for
 WARMUP_IMAGES = 4  # real validation images in the requests
 
 
 def warmup_path(saved_model_dir: str) -> str:
-    return os.path.join(saved_model_dir, WARMUP_DIR, WARMUP_FILE)
+    return os.path.join(saved_model_dir, layout.WARMUP_DIR, layout.WARMUP_FILE)
 
 
 def requests(images: np.ndarray, encoded: Sequence[bytes], model_name: str = "model") -> list:
@@ -37,7 +36,7 @@ def requests(images: np.ndarray, encoded: Sequence[bytes], model_name: str = "mo
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    from toolkit.export.savedmodel import BYTES_SIGNATURE
+    from toolkit.infer.loaders import BYTES_SIGNATURE
 
     def log(signature: str, name: str, tensor) -> prediction_log_pb2.PredictionLog:
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))

@@ -18,11 +18,14 @@ from toolkit.common import atomic
 from toolkit.infer import predict as inference
 from toolkit.infer import prediction_files
 from toolkit.infer import loaders as runtimes
+from toolkit.config import GRID_IMAGES, MAX_PIXELS
 from toolkit.data import splits
-from toolkit.data.listing import holds_shards, subdirs
+from toolkit.data.listing import holds_shards, subdirs, visible_files
+from toolkit import layout
+from toolkit.common.errors import NothingScored
 
 TOP_K = 5
-GRID = 24
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
         raise runtimes.InferenceError(f"--data: {data_dir} holds neither TFRecord shards nor class subfolders")
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = inference.visible_files(os.path.join(root, name))
+        found = visible_files(os.path.join(root, name))
         files += found
         labels += [label] * len(found)
     if not files:
@@ -119,7 +122,7 @@ def _grid(right: list, wrong: list, size: int) -> list:
 
 
 def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size: int = 32, label_offset: int = 0,
-             grid: int = GRID, max_pixels: int = inference.MAX_PIXELS, log=print) -> dict:
+             grid: int = GRID_IMAGES, max_pixels: int = MAX_PIXELS, log=print) -> dict:
     """Score every labelled image and write the reports.
 
     Args:
@@ -144,7 +147,7 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
     labels, top1, topk_hits, failures = [], [], [], []
     right, wrong = Sample(grid, seed=0), Sample(grid, seed=1)
     start = time.perf_counter()
-    with prediction_files.PredictionWriter(os.path.join(out_dir, "predictions.csv"), names, k, with_labels=True) as writer:
+    with prediction_files.PredictionWriter(os.path.join(out_dir, layout.PREDICTIONS_CSV), names, k, with_labels=True) as writer:
         for r in inference.predict(model, data.inputs, batch_size, max_pixels, keep_images=grid > 0):
             label = to_model(r.label)
             if r.ok and label < 0:
@@ -163,15 +166,15 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
                                   "prediction": ranked[0], "probability": float(r.probabilities[ranked[0]])})
     seconds = time.perf_counter() - start
     if not labels:
-        raise NothingScored(f"none of the {len(failures)} images of {data.directory} could be scored (reasons in {out_dir}/predictions.csv)")
+        raise NothingScored(f"none of the {len(failures)} images of {data.directory} could be scored (reasons in {os.path.join(out_dir, layout.PREDICTIONS_CSV)})")
 
     labels, top1 = np.array(labels), np.array(top1)
     counts = reports.confusion_matrix(labels, top1, len(names))
-    reports.write_confusion(counts, names, os.path.join(out_dir, "confusion_matrix.png"), os.path.join(out_dir, "confusion_matrix.json"))
+    reports.write_confusion(counts, names, os.path.join(out_dir, layout.CONFUSION_PNG), os.path.join(out_dir, layout.CONFUSION_JSON))
     shown = _grid(right.items, wrong.items, grid)
     if shown:
         reports.plot_predictions(np.stack([s["image"] for s in shown]), [s["label"] for s in shown],
-                                 [s["prediction"] for s in shown], names, os.path.join(out_dir, "predictions.png"),
+                                 [s["prediction"] for s in shown], names, os.path.join(out_dir, layout.PREDICTIONS_PNG),
                                  probabilities=[s["probability"] for s in shown])
     metrics = {
         "model": os.path.abspath(model.path),
@@ -191,17 +194,13 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
         "seconds": round(seconds, 2),
         "images_per_sec": round(len(labels) / seconds, 2) if seconds > 0 else None,
         "failures": failures,
-        "files": {n: os.path.join(out_dir, n) for n in ("metrics.json", "confusion_matrix.png", "confusion_matrix.json", "predictions.csv")
-                  + (("predictions.png",) if shown else ())},
+        "files": {n: os.path.join(out_dir, n) for n in (layout.EVAL_METRICS, layout.CONFUSION_PNG, layout.CONFUSION_JSON, layout.PREDICTIONS_CSV)
+                  + ((layout.PREDICTIONS_PNG,) if shown else ())},
     }
-    atomic.write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    atomic.write_json(os.path.join(out_dir, layout.EVAL_METRICS), metrics)
     for line in summary_lines(metrics):
         log(line)
     return metrics
-
-
-class NothingScored(RuntimeError):
-    """Every image failed; the reasons are in predictions.csv."""
 
 
 def summary_lines(metrics: dict) -> list:
@@ -212,3 +211,20 @@ def summary_lines(metrics: dict) -> list:
     lines += [f"  {r['class']:<{width}}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  ({r['support']} images)"
               for r in metrics["per_class"]]
     return lines
+
+
+def evaluate_config(config, log=None) -> dict:
+    """Evaluate as a toolkit.config.EvaluateConfig says (python -m toolkit.evaluate); returns the metrics.
+
+    Raises InferenceError for a bad flag or input (before TensorFlow loads, for --model, --data,
+    --out) and NothingScored when not one image could be scored.
+    """
+    from toolkit.common.logs import log as log_line
+
+    if not config.out:
+        raise runtimes.InferenceError("--out: must be set")
+    backend, _ = runtimes.resolve_model(config.model, config.backend)
+    data = read_labelled(config.data, config.split)
+    model = runtimes.load_model(config.model, backend, config.threads)
+    return evaluate(model, data, config.out, config.batch_size, config.label_offset, config.grid_images, config.max_pixels,
+                    log=log or log_line)

@@ -1,14 +1,14 @@
 """Exported models as functions: an .onnx file in onnxruntime, a SavedModel in TensorFlow, a .tflite
 file in the LiteRT interpreter.
 
-  load_model(path, backend, threads) -> Model: float32 NHWC images in [0, 255] -> probabilities,
+  load_model(path, backend, threads) -> Model: float32 NHWC images in [0, 255] -> probabilities (and
+  logits),
   with the class names and image size read from the artifact itself (ONNX metadata_props; the
   SavedModel's labels.txt asset and serving_default input shape; labels.txt beside a .tflite file or
   one level up). `path` is an .onnx or .tflite file, a SavedModel directory or an export directory
   (its model.onnx, else its saved_model/; its model.tflite with backend "tflite").
   onnx_session(path, threads, optimization, layout) -> (session, run): every onnxruntime session of
   the toolkit (batch inference, evaluation, the parity gate at each graph optimization level).
-  nonempty_batches(batches): the guard of every batch loop that calls a model (no empty batch).
 
 TensorFlow and onnxruntime are imported inside the loaders: resolve_model answers a bad --model in
 one line before either loads.
@@ -19,27 +19,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from toolkit.common.messages import one_line
+from toolkit.config import BACKENDS  # noqa: F401 - the --backend choices, asked of this module too
+from toolkit import layout
+from toolkit.common.errors import BadInput
 
-BACKENDS = ("onnx", "savedmodel", "tflite")
-# The artifact names of an export directory (toolkit.export.ONNX_FILES["onnx"], SAVED_MODEL, LABELS);
-# repeated here to keep this module free of TensorFlow at import, and checked equal by a test.
-EXPORT_ONNX, EXPORT_SAVED_MODEL, EXPORT_LABELS = "model.onnx", "saved_model", "labels.txt"
-EXPORT_TFLITE = "model.tflite"
-PROBABILITIES = "probabilities"
+PROBABILITIES, LOGITS = "probabilities", "logits"  # the output names of every exported format
+BYTES_SIGNATURE = "serving_bytes"  # the SavedModel's signature over encoded image files
 
 
-class InferenceError(ValueError):
+class InferenceError(BadInput):
     """A bad argument (model, inputs, output, a setting); one line naming the flag."""
 
 
 @dataclasses.dataclass
 class Model:
-    """A loaded classifier: float32 NHWC images in [0, 255] at image_size -> probabilities."""
+    """A loaded classifier: float32 NHWC images in [0, 255] at image_size -> probabilities.
+
+    `outputs(images)` gives (probabilities, logits) where the artifact has both (every export
+    does): what the parity gate compares. `run_bytes(encoded)` does the same from encoded image
+    files through the SavedModel's serving_bytes signature (None for other formats).
+    """
 
     backend: str
     path: str
@@ -47,6 +51,8 @@ class Model:
     image_size: int
     run: Callable[[np.ndarray], np.ndarray]
     handle: object = None  # the session / restored object the runner needs alive
+    outputs: Optional[Callable[[np.ndarray], tuple]] = None
+    run_bytes: Optional[Callable[[list], tuple]] = None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
@@ -65,18 +71,18 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
         if kind is None:
             raise InferenceError(f"--model: {path} is neither an .onnx or .tflite file nor a SavedModel or export directory")
         found = {kind: path}
-    elif os.path.isfile(os.path.join(path, "saved_model.pb")):
+    elif os.path.isfile(os.path.join(path, layout.SAVED_MODEL_PB)):
         found = {"savedmodel": path}
     else:
         found = {}
-        if os.path.isfile(os.path.join(path, EXPORT_ONNX)):
-            found["onnx"] = os.path.join(path, EXPORT_ONNX)
-        if os.path.isfile(os.path.join(path, EXPORT_SAVED_MODEL, "saved_model.pb")):
-            found["savedmodel"] = os.path.join(path, EXPORT_SAVED_MODEL)
-        if os.path.isfile(os.path.join(path, EXPORT_TFLITE)):
-            found["tflite"] = os.path.join(path, EXPORT_TFLITE)
+        if os.path.isfile(os.path.join(path, layout.ONNX)):
+            found["onnx"] = os.path.join(path, layout.ONNX)
+        if os.path.isfile(os.path.join(path, layout.SAVED_MODEL, layout.SAVED_MODEL_PB)):
+            found["savedmodel"] = os.path.join(path, layout.SAVED_MODEL)
+        if os.path.isfile(os.path.join(path, layout.TFLITE)):
+            found["tflite"] = os.path.join(path, layout.TFLITE)
         if not found:
-            raise InferenceError(f"--model: {path} holds no saved_model.pb, {EXPORT_ONNX} or {EXPORT_SAVED_MODEL}/")
+            raise InferenceError(f"--model: {path} holds no {layout.SAVED_MODEL_PB}, {layout.ONNX} or {layout.SAVED_MODEL}/")
     if backend == "auto":
         backend = next(b for b in BACKENDS if b in found)  # an export's ONNX model is the fastest one here
     if backend not in found:
@@ -85,13 +91,17 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
     return backend, found[backend]
 
 
-def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
-    """A runnable classifier from an export, a SavedModel or an .onnx file.
+def load_model(path: str, backend: str = "auto", threads: int = 0, optimization: Optional[str] = None,
+               layout: Optional[str] = None) -> Model:
+    """A runnable classifier from an export, a SavedModel, an .onnx or a .tflite file: the one loader
+    of every exported format (batch inference, evaluation, the parity gate, the benchmarks).
 
     Args:
-      path: what resolve_model accepts (an export dir, a saved_model/ dir, an .onnx file).
+      path: what resolve_model accepts (an export dir, a saved_model/ dir, an .onnx or .tflite file).
       backend: "auto", "onnx", "savedmodel" or "tflite".
       threads: compute threads (0: the library's default).
+      optimization: ONNX only: onnxruntime's graph optimization level (None: its default).
+      layout: ONNX only: the input layout ("nhwc" / "nchw"; None: the model's metadata says).
 
     Returns:
       A Model: float32 NHWC [0, 255] images -> probabilities, with its class names and image size.
@@ -99,15 +109,16 @@ def load_model(path: str, backend: str = "auto", threads: int = 0) -> Model:
     if threads < 0:
         raise InferenceError(f"--threads: must be 0 (default) or positive, got {threads}")
     backend, path = resolve_model(path, backend)
-    loaders = {"onnx": _load_onnx, "savedmodel": _load_saved_model, "tflite": _load_tflite}
-    return loaders[backend](path, threads)
+    if backend == "onnx":
+        return _load_onnx(path, threads, optimization or DEFAULT_OPTIMIZATION, layout)
+    return {"savedmodel": _load_saved_model, "tflite": _load_tflite}[backend](path, threads)
 
 
 def _labels_near(path: str) -> Optional[list]:
     """labels.txt beside an artifact or one level up (an export dir holds it beside model.onnx and saved_model/)."""
     here = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
     for folder in (here, os.path.dirname(here)):
-        candidate = os.path.join(folder, EXPORT_LABELS)
+        candidate = os.path.join(folder, layout.LABELS)
         if os.path.isfile(candidate):
             with open(candidate) as f:
                 return [line.rstrip("\n") for line in f if line.strip()]
@@ -164,9 +175,9 @@ def to_layout(images_nhwc: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if layout.lower() == "nchw" else images
 
 
-def _load_onnx(path: str, threads: int) -> Model:
+def _load_onnx(path: str, threads: int, optimization: str, layout: Optional[str]) -> Model:
     try:
-        session, run_outputs = onnx_session(path, threads)
+        session, run_outputs = onnx_session(path, threads, optimization, layout)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
         raise InferenceError(f"--model: cannot load {path}: {one_line(e)}") from e
     meta = session.get_modelmeta().custom_metadata_map
@@ -179,11 +190,15 @@ def _load_onnx(path: str, threads: int) -> Model:
     output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
     width = output.shape[-1] if isinstance(output.shape[-1], int) else 0
     names = _class_names(json.loads(meta["class_names"]) if "class_names" in meta else None, width, path)
+    both = [PROBABILITIES, LOGITS] if {PROBABILITIES, LOGITS} <= {o.name for o in outputs} else None
 
     def run(images: np.ndarray) -> np.ndarray:
         return run_outputs(images, [output.name])[0]
 
-    return Model("onnx", path, names, int(size), run, session)
+    def probabilities_and_logits(images: np.ndarray) -> tuple:
+        return tuple(run_outputs(images, both))
+
+    return Model("onnx", path, names, int(size), run, session, probabilities_and_logits if both else None)
 
 
 def _load_saved_model(path: str, threads: int) -> Model:
@@ -212,72 +227,53 @@ def _load_saved_model(path: str, threads: int) -> Model:
     width = fn.structured_outputs[PROBABILITIES].shape[-1] if PROBABILITIES in fn.structured_outputs else None
     names = _class_names(names, width or 0, path)
 
+    # the closures hold `loaded`: its signatures stop working once the restored object is collected
+    def outputs(images: np.ndarray) -> tuple:
+        result = fn(**{input_name: tf.constant(images, tf.float32)})
+        return result[PROBABILITIES].numpy(), result[LOGITS].numpy() if LOGITS in result else None
+
     def run(images: np.ndarray) -> np.ndarray:
-        return fn(**{input_name: tf.constant(images, tf.float32)})[PROBABILITIES].numpy()
+        return outputs(images)[0]
 
-    return Model("savedmodel", path, names, int(spec.shape[1]), run, loaded)
+    def run_bytes(encoded: list) -> tuple:
+        result = loaded.signatures[BYTES_SIGNATURE](image_bytes=tf.constant(encoded, tf.string))
+        return result[PROBABILITIES].numpy(), result[LOGITS].numpy()
+
+    return Model("savedmodel", path, names, int(spec.shape[1]), run, loaded, outputs,
+                 run_bytes if BYTES_SIGNATURE in loaded.signatures else None)
 
 
-TFLITE_SIGNATURE = "serving_default"
-
-
-def tflite_runner(path: str, threads: int = 0) -> tuple:
-    """(interpreter, run) of a .tflite classifier in the LiteRT interpreter (`ai_edge_litert`).
-
-    run(float32 NHWC images) -> {output name: array} through the serving_default signature, whose
-    runner resizes the batch axis to each call's batch. threads 0: LiteRT's default.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=path, num_threads=threads or None)
-    signatures = interp.get_signature_list()
-    if TFLITE_SIGNATURE not in signatures:
-        raise ValueError(f"{path} has no {TFLITE_SIGNATURE} signature (it has {sorted(signatures)})")
-    runner = interp.get_signature_runner(TFLITE_SIGNATURE)
-    (input_name,) = signatures[TFLITE_SIGNATURE]["inputs"]
-
-    def run(images: np.ndarray) -> dict:
-        return runner(**{input_name: np.ascontiguousarray(images, dtype=np.float32)})
-
-    return interp, run
+SERVING_SIGNATURE = "serving_default"
 
 
 def _load_tflite(path: str, threads: int) -> Model:
+    """A .tflite classifier in the LiteRT interpreter (`ai_edge_litert`), through its serving_default
+    signature, whose runner resizes the batch axis to each call's batch."""
     try:
-        interp, run_outputs = tflite_runner(path, threads)
-        runner = interp.get_signature_runner(TFLITE_SIGNATURE)
-        (spec,) = runner.get_input_details().values()
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=path, num_threads=threads or None)
+        signatures = interp.get_signature_list()
+        if SERVING_SIGNATURE not in signatures:
+            raise ValueError(f"{path} has no {SERVING_SIGNATURE} signature (it has {sorted(signatures)})")
+        runner = interp.get_signature_runner(SERVING_SIGNATURE)
+        (input_name,), (spec,) = signatures[SERVING_SIGNATURE]["inputs"], runner.get_input_details().values()
     except Exception as e:  # noqa: BLE001 - LiteRT raises its own types for bad files
         raise InferenceError(f"--model: cannot load {path}: {one_line(e)}") from e
     shape = list(spec["shape_signature"])
     if len(shape) != 4 or shape[1] <= 0 or shape[3] != 3:
         raise InferenceError(f"--model: serving_default of {path} takes {shape}, not [batch, size, size, 3] images")
     size = int(shape[1])
-    outputs = runner.get_output_details()
-    if PROBABILITIES not in outputs:
+    details = runner.get_output_details()
+    if PROBABILITIES not in details:
         raise InferenceError(f"--model: {path} has no {PROBABILITIES} output in serving_default")
-    names = _class_names(None, int(outputs[PROBABILITIES]["shape"][-1]), path)
+    names = _class_names(None, int(details[PROBABILITIES]["shape"][-1]), path)
+
+    def outputs(images: np.ndarray) -> tuple:
+        result = runner(**{input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return result[PROBABILITIES], result.get(LOGITS)
 
     def run(images: np.ndarray) -> np.ndarray:
-        return run_outputs(images)[PROBABILITIES]
+        return outputs(images)[0]
 
-    return Model("tflite", path, names, size, run, interp)
-
-
-def batch_rows(batch) -> int:
-    """The number of rows (images) of a batch: an array or tensor, or a tuple / list whose first item is one."""
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    shape = getattr(first, "shape", None)
-    return int(shape[0]) if shape is not None and len(shape) else len(first)
-
-
-def nonempty_batches(batches: Iterable, rows: Callable[[object], int] = batch_rows) -> Iterator:
-    """The batches that hold at least one row, lazily: the guard of every loop that calls a model.
-
-    A model is never called on an empty batch. With oneDNN on, TensorFlow's conv2d returns a
-    zero-size batch unchanged (input channels, not filters), so a Keras model fails on one
-    (cuDNN has failed on them too); onnxruntime's calibration and sessions are spared the question.
-    """
-    for batch in batches:
-        if rows(batch) > 0:
-            yield batch
+    return Model("tflite", path, names, size, run, interp, outputs)

@@ -21,22 +21,29 @@ within a second, before the heavy imports.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import io
 import os
 import re
+import sys
+import time
 import warnings
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from toolkit.data.images import signature
+from toolkit.common.batches import nonempty_batches
+from toolkit.common.errors import NothingScored
 from toolkit.common.messages import one_line, op_message
-from toolkit.infer.loaders import InferenceError, Model, nonempty_batches
+from toolkit.config import MAX_PIXELS
+from toolkit.data.images import signature
+from toolkit.data.listing import visible_files
+from toolkit.infer.loaders import InferenceError, Model
 
-MAX_PIXELS = 100_000_000  # an image decodes to 3 bytes per pixel (x4 as float32) before the resize
+PROGRESS_BARS = {"auto": None, "on": False, "off": True}  # --progress -> tqdm's `disable` (None: when stderr is a terminal)
 MAX_FILE_BYTES = 1 << 30
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
 
@@ -73,15 +80,6 @@ class Inputs:
 
     def __len__(self) -> int:
         return self.count or 0
-
-
-def visible_files(root: str) -> list:
-    """Every file below root, hidden files and folders (".name") left out, sorted per folder."""
-    found = []
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(directory, f) for f in sorted(files) if not f.startswith("."))
-    return found
 
 
 def _is_tfrecord(path: str) -> bool:
@@ -266,3 +264,53 @@ def decode_error(data: bytes, image_size: int) -> str:
     except tf.errors.OpError as e:
         return f"cannot decode: {op_message(e)}"
     return "cannot decode: failed in the input pipeline"
+
+
+# ------------------------------------------------------------------------------ predict to a file
+def predict_to_file(config, log=print) -> dict:
+    """Score config.inputs with config.model into config.output (.csv or .jsonl): batch inference.
+
+    Args:
+      config: a toolkit.config.InferConfig.
+      log: called with the summary line.
+
+    Returns:
+      {scored, failed, reasons ({reason: count}), seconds, images_per_sec}.
+
+    Raises:
+      InferenceError: a bad flag or input (before TensorFlow loads, for --model, --inputs, --output).
+      NothingScored: not one input could be scored (the reasons are in the output file).
+    """
+    from toolkit.infer import loaders, prediction_files
+
+    if config.progress not in PROGRESS_BARS:
+        raise InferenceError(f"--progress: must be one of {', '.join(PROGRESS_BARS)}, got {config.progress!r}")
+    backend, _ = loaders.resolve_model(config.model, config.backend)  # fail fast, before TensorFlow loads
+    inputs = list_inputs(config.inputs)
+    prediction_files.check_output(config.output)
+    model = loaders.load_model(config.model, backend, config.threads)
+
+    import tensorflow  # noqa: F401  (its start-up must not count as inference time)
+    from tqdm import tqdm
+
+    scored, failures = 0, collections.Counter()
+    start = time.perf_counter()
+    with prediction_files.PredictionWriter(config.output, model.class_names, config.top_k) as writer, \
+            tqdm(total=inputs.count, unit="img", disable=PROGRESS_BARS[config.progress], file=sys.stderr,
+                 dynamic_ncols=True, smoothing=0.1) as bar:
+        for result in predict(model, inputs, config.batch_size, config.max_pixels):
+            writer.write(result)
+            if result.ok:
+                scored += 1
+            else:
+                failures[result.error.split(":")[0].split(" (")[0]] += 1
+                bar.set_postfix(failed=sum(failures.values()), refresh=False)
+            bar.update()
+    seconds = time.perf_counter() - start
+    failed, rate = sum(failures.values()), scored / seconds if seconds > 0 else 0.0
+    reasons = ", ".join(f"{n} {reason}" for reason, n in failures.most_common())
+    log(f"infer: {scored} images scored, {failed} failed{f' ({reasons})' if reasons else ''} in {seconds:.1f} s: "
+        f"{rate:.1f} images/s ({model.backend} {model.path}, batch {config.batch_size}) -> {config.output}")
+    if not scored:
+        raise NothingScored(f"none of the {failed} inputs could be scored (reasons in {config.output})")
+    return {"scored": scored, "failed": failed, "reasons": dict(failures), "seconds": seconds, "images_per_sec": rate}

@@ -18,6 +18,8 @@ import os
 
 import keras
 
+from toolkit.common.errors import BadInput
+
 # Keras' published origin and the md5 of each notop file (keras.applications' WEIGHTS_HASHES[...][1])
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 NOTOP_MD5 = {
@@ -28,7 +30,7 @@ NOTOP_MD5 = {
 APPLICATIONS = {50: "ResNet50V2", 101: "ResNet101V2", 152: "ResNet152V2"}
 
 
-class WeightsUnavailable(ValueError):
+class WeightsUnavailable(BadInput):
     """The ImageNet weights can be neither found in the cache nor downloaded; one line."""
 
 

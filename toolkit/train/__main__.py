@@ -1,62 +1,38 @@
-"""python -m toolkit.train: train a ResNetV2 classifier (see --helpfull, or README.md).
+"""python -m toolkit.train: train a ResNetV2 image classifier, then export it (SavedModel, ONNX, parity gate).
 
-A thin entry point: flags become a frozen Config once, the library does the rest. Expected
-failures (a bad flag, bad data, a diverged loss) end with one line on stderr and exit code 2
-(a bad flag or input, the message names the flag), 3 (training diverged), 4 (the
-exported formats disagree: the export's parity gate failed) or 5 (multi-worker: a worker was lost;
-run the same command on every worker again to resume).
+  python -m toolkit.train                                   # the built-in demo dataset, in minutes
+  python -m toolkit.train --data_dir photos/ --model_dir runs/photos
+  python -m toolkit.train --flagfile my.flags --data_dir shards/
+
+--data_dir is a folder of photos (photos/<class>/..., or photos/train/<class>/ and val/) converted
+once into the run directory, or TFRecord shards from python -m toolkit.data.convert. Running the
+same command again resumes from the last checkpoint; --fresh starts anew. With TF_CONFIG naming
+several workers, every worker runs the same command (README.md, BUILD.md).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the progress log
-
-from absl import app  # noqa: E402
-
-from toolkit import flags as flags_lib  # noqa: E402  (defines the flags)
+from toolkit import cli, config
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> None:
+    """Train with the parsed flags; a lost worker of a multi-worker job becomes WorkerLost."""
+    del argv
     import tensorflow as tf
 
+    from toolkit import flags as flags_lib
+    from toolkit.common.errors import WorkerLost
     from toolkit.train import distribute
-    from toolkit.train import run as training
-    from toolkit.common.logs import error, quiet_tensorflow_logs
+    from toolkit.train import run as train_run
 
-    quiet_tensorflow_logs(flags_lib.FLAGS["verbosity"].present)
-    config = None
+    settings = flags_lib.to_config()
     try:
-        config = flags_lib.to_config()
-        training.run(config)
-    except ValueError as e:
-        message = str(e)
-        if not message.startswith("--"):  # not a bad flag: a bug, show the traceback
-            raise
-        error(message.splitlines()[0])
-        sys.exit(2)
-    except training.TrainingDiverged as e:
-        error(str(e))
-        sys.exit(3)
-    except RuntimeError as e:
-        from toolkit.export.run import ParityError
-
-        if not isinstance(e, ParityError):
-            raise
-        error(f"export parity gate failed: {str(e).splitlines()[0]} (artifacts kept, marked failed in export.json)")
-        sys.exit(4)
+        train_run.run(settings)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError) as e:
-        if distribute.tf_config_cluster()[0] < 2 or config is None:
+        if distribute.tf_config_cluster()[0] < 2:
             raise
-        latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, "checkpoints"))
-        error(f"a worker of the multi-worker job was lost ({_cause(e)}); stop every worker and run the same "
-              f"command on each again to resume from the last checkpoint ({latest or 'none yet: starts over'})")
-        distribute.exit_now(distribute.EXIT_CLUSTER)
+        raise WorkerLost(distribute.worker_lost_message(_cause(e), settings.train.model_dir)) from e
 
 
 def _cause(e) -> str:
@@ -68,8 +44,10 @@ def _cause(e) -> str:
     return (lines[-1] if lines else type(e).__name__)[:300]
 
 
-def run_main():
-    app.run(main)
+def run_main() -> None:
+    from toolkit import flags  # noqa: F401 - defines the trainer's flags (from the config sections)
+
+    cli.run(__doc__, tuple(config.SECTIONS.values()), main, predefined=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from toolkit.common import machine
+from toolkit.common.errors import BadInput
+from toolkit import layout
 
 PRECISION_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
@@ -154,22 +156,11 @@ def set_precision_policy(precision: str) -> None:
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
 
 
-# exit code of a multi-worker run that lost a worker (toolkit.train uses it)
-EXIT_CLUSTER = 5
-
-
-def exit_now(code: int) -> None:
-    """End the process at once, scratch directories removed, output flushed.
-
-    After a lost worker, a normal exit waits in TensorFlow's shutdown for the coordination
-    service's barrier with the dead task (tens of seconds); there is nothing left to save.
-    """
-    from toolkit.train.checkpoint import remove_scratch_dirs
-
-    remove_scratch_dirs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def worker_lost_message(reason: str, model_dir: str) -> str:
+    """The one line a worker prints when the multi-worker job lost one of its workers."""
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, layout.CHECKPOINTS)) or "none yet: starts over"
+    return (f"a worker of the multi-worker job was lost ({reason}); stop every worker and run the same command on "
+            f"each again to resume from the last checkpoint ({latest})")
 
 
 @contextlib.contextmanager
@@ -206,7 +197,7 @@ def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distr
         # before anything lists logical devices: that starts TensorFlow's runtime, and collective
         # ops can only be configured before it starts
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError("--distribution: multi_worker needs TF_CONFIG naming the workers")
+            raise BadInput("--distribution: multi_worker needs TF_CONFIG naming the workers")
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.NCCL
@@ -237,7 +228,7 @@ def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distr
     if distribution == "one_device":
         device = gpus[0].name if gpus else cpus[0].name
         return tf.distribute.OneDeviceStrategy(device), distribution
-    raise ValueError(f"--distribution: unknown value {distribution!r}")
+    raise BadInput(f"--distribution: unknown value {distribution!r}")
 
 
 GPU_STEPS_PER_LOOP = 1000  # in practice bounded by --log_every and --checkpoint_every

@@ -10,16 +10,16 @@ import tensorflow as tf
 
 from toolkit.common import atomic
 from toolkit.common import reports
-from toolkit.infer.loaders import nonempty_batches
+from toolkit.common.batches import nonempty_batches
+from toolkit import layout
 
-SUMMARY = "summary.json"
 PREDICTION_GRID = 24
 CONFUSION_LIMIT = 20000  # validation images used for the confusion matrix of a very large set
 
 
 def save_weights(model, model_dir: str) -> str:
     """Write the model's weights to model_dir/model.weights.h5 (atomically); returns the path."""
-    path = os.path.join(model_dir, "model.weights.h5")
+    path = os.path.join(model_dir, layout.WEIGHTS)
     atomic.write_with(path, model.save_weights)
     return path
 
@@ -72,18 +72,18 @@ def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: 
       {name: path} of curves.png, predictions.png and confusion_matrix.png/.json.
     """
     paths = {}
-    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    metrics_path = os.path.join(model_dir, layout.METRICS)
     if os.path.exists(metrics_path):
-        paths["curves"] = reports.plot_curves(reports.read_metrics(metrics_path), os.path.join(model_dir, "curves.png"))
+        paths["curves"] = reports.plot_curves(reports.read_metrics(metrics_path), os.path.join(model_dir, layout.CURVES))
     got = collect_predictions(model, eval_dataset, CONFUSION_LIMIT, PREDICTION_GRID)
     n = len(got["images"])
     paths["predictions"] = reports.plot_predictions(
         got["images"], got["labels"][:n], got["predictions"][:n], class_names,
-        os.path.join(model_dir, "predictions.png"), probabilities=got["confidence"][:n],
+        os.path.join(model_dir, layout.PREDICTIONS_PNG), probabilities=got["confidence"][:n],
     )
     counts = reports.confusion_matrix(got["labels"], got["predictions"], len(class_names))
     paths["confusion_matrix"] = reports.write_confusion(
-        counts, class_names, os.path.join(model_dir, "confusion_matrix.png"), os.path.join(model_dir, "confusion_matrix.json")
+        counts, class_names, os.path.join(model_dir, layout.CONFUSION_PNG), os.path.join(model_dir, layout.CONFUSION_JSON)
     )
     return paths
 
@@ -100,18 +100,18 @@ def best_epoch(evaluations: list, key: str = "val_top1") -> tuple:
 
 def validation_history(model_dir: str) -> list:
     """Every evaluation of the run in metrics.jsonl (the parts before a resume included), in order."""
-    path = os.path.join(model_dir, "metrics.jsonl")
+    path = os.path.join(model_dir, layout.METRICS)
     records = reports.read_metrics(path) if os.path.exists(path) else []
     return [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in records if r.get("kind") == "val"]
 
 
 def read_summary(model_dir: str) -> dict:
     """model_dir/summary.json."""
-    with open(os.path.join(model_dir, SUMMARY)) as f:
+    with open(os.path.join(model_dir, layout.SUMMARY)) as f:
         return json.load(f)
 
 
 def write_summary(summary: dict, model_dir: str) -> None:
     """summary.json and summary.md (the same figures for people) in model_dir, atomically."""
-    atomic.write_json(os.path.join(model_dir, SUMMARY), summary)
-    atomic.write_text(os.path.join(model_dir, "summary.md"), reports.summary_markdown(summary))
+    atomic.write_json(os.path.join(model_dir, layout.SUMMARY), summary)
+    atomic.write_text(os.path.join(model_dir, layout.SUMMARY_MD), reports.summary_markdown(summary))

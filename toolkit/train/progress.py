@@ -1,12 +1,18 @@
-"""What a run reports while it trains: images/s, and the progress line every `log_every` steps."""
+"""What a run reports while it trains: images/s, the progress line every `log_every` steps, and the
+records of metrics.jsonl and TensorBoard."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
-from toolkit.common.logs import MetricsLog, log
+from toolkit import layout
+from toolkit.common.logs import log
 
 
 class Speedometer:
@@ -68,3 +74,41 @@ class ProgressLine:
             f"lr {learning_rate:.5f} {rate:.1f} img/s")
         self.metrics.write({"step": step, "epoch": epoch + 1, "loss": mean_loss, "top1": top1,
                             "learning_rate": learning_rate, "images_per_sec": rate}, "train")
+
+
+class MetricsLog:
+    """Appends JSON lines to model_dir/metrics.jsonl and scalars to model_dir/tensorboard/{train,val}.
+
+    With model_dir None (a non-chief worker) it writes nothing.
+    """
+
+    def __init__(self, model_dir: Optional[str]):
+        self._file = None
+        self._writers = {}
+        if model_dir is None:
+            return
+        self._path = os.path.join(model_dir, layout.METRICS)
+        self._file = open(self._path, "a", buffering=1)
+        self._tb_root = os.path.join(model_dir, layout.TENSORBOARD)
+
+    def write(self, record: dict, kind: str) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        writer = self._writers.get(kind)
+        if writer is None:
+            writer = self._writers[kind] = tf.summary.create_file_writer(os.path.join(self._tb_root, kind))
+        with writer.as_default(step=int(record["step"])):
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    tf.summary.scalar(key, value)
+        writer.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for writer in self._writers.values():
+            writer.close()

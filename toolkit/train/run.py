@@ -14,20 +14,22 @@ import hashlib
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from toolkit.train import distribute
 from toolkit.common import machine
 from toolkit.train import outputs
 from toolkit.config import Config, parse_train_sizes
 from toolkit.data import pipeline
-from toolkit.common.logs import MetricsLog, error, log
-from toolkit.train.progress import ProgressLine, Speedometer
+from toolkit.common.logs import error, log
+from toolkit.train.progress import MetricsLog, ProgressLine, Speedometer
 from toolkit.train.session import Session, setup
+from toolkit import layout
+from toolkit.common.errors import Diverged, ExitCode
+from toolkit.common.scratch import exit_now
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(Diverged):
+    """The loss became NaN or infinite (exit code 3)."""
 
 
 def run(config: Config) -> dict:
@@ -146,10 +148,8 @@ def _watch_chief(s: Session):
         return None
 
     def lost(reason: str) -> None:
-        latest = tf.train.latest_checkpoint(s.checkpointer.directory) or "none yet: starts over"
-        error(f"a worker of the multi-worker job was lost ({reason}); stop every worker and run the same command on "
-              f"each again to resume from the last checkpoint ({latest})")
-        distribute.exit_now(distribute.EXIT_CLUSTER)  # the main thread is blocked inside a collective
+        error(distribute.worker_lost_message(reason, s.model_dir))
+        exit_now(ExitCode.WORKER_LOST)  # the main thread is blocked inside a collective
 
     return distribute.ChiefWatch(address, lost)
 
@@ -192,27 +192,32 @@ def finish(session: Session, history: dict) -> dict:
 
 
 def _write_outputs(s: Session, summary: dict, last: dict) -> None:
-    summary["history"] = outputs.validation_history(s.model_dir) or summary["history"]  # resumed parts included
-    best_top1, best_at = outputs.best_epoch(summary["history"])
-    summary.update(best_val_top1=best_top1, best_epoch=best_at, train_images=s.info.counts.get("train", 0),
-                   val_images=last.get("val_images"), config=s.config.to_dict())
-    if s.ema_model is not None:
-        summary["best_ema_val_top1"], summary["best_ema_epoch"] = outputs.best_epoch(summary["history"], "ema_val_top1")
+    """The chief's end of a run: the figures, the final weights and pictures, the summary, the export."""
     final = s.ema_model if s.ema_model is not None else s.model  # what gets exported
+    summary.update(_whole_run_figures(s, summary["history"], last))
     summary.update(_test_split(s, final))
-    artifacts = {"weights": outputs.save_weights(final, s.model_dir)}
-    artifacts.update(outputs.write_reports(
-        final, pipeline.make_eval_dataset(s.data, s.info.split_files("val")), s.facts["class_names"], s.model_dir))
-    summary["artifacts"] = artifacts
+    summary["artifacts"] = {"weights": outputs.save_weights(final, s.model_dir), **outputs.write_reports(
+        final, pipeline.make_eval_dataset(s.data, s.info.split_files("val")), s.facts["class_names"], s.model_dir)}
     outputs.write_summary(summary, s.model_dir)
     if s.config.export.export:
         _export(s.model_dir, s.config, summary)
     ema = (f"; EMA weights (exported) {summary['ema_val_top1']:.4f} (best {summary['best_ema_val_top1']:.4f})"
            if "ema_val_top1" in summary else "")
-    log(f"done: val top-1 {summary['val_top1']:.4f} (best {best_top1:.4f}){ema}, "
+    log(f"done: val top-1 {summary['val_top1']:.4f} (best {summary['best_val_top1']:.4f}){ema}, "
         f"{summary['train_images_per_sec']:.1f} img/s")
-    log(f"wrote {s.model_dir}/: summary.json, summary.md, curves.png, predictions.png, confusion_matrix.png, "
-        "metrics.jsonl, tensorboard/, checkpoints/, model.weights.h5, run.json")
+    log(f"wrote {s.model_dir}/: {', '.join(layout.RUN_FILES)}")
+
+
+def _whole_run_figures(s: Session, history: list, last: dict) -> dict:
+    """The figures of the whole run, the parts before a resume included: its validation history, the
+    best epoch (of the EMA weights too), the image counts and the configuration."""
+    history = outputs.validation_history(s.model_dir) or history
+    figures = dict(history=history, train_images=s.info.counts.get("train", 0), val_images=last.get("val_images"),
+                   config=s.config.to_dict())
+    figures["best_val_top1"], figures["best_epoch"] = outputs.best_epoch(history)
+    if s.ema_model is not None:
+        figures["best_ema_val_top1"], figures["best_ema_epoch"] = outputs.best_epoch(history, "ema_val_top1")
+    return figures
 
 
 def _test_split(s: Session, model) -> dict:

@@ -18,13 +18,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from toolkit import __version__
+from toolkit import __version__, layout
+from toolkit.common.scratch import make_scratch_dir
 from toolkit.train import checkpoint as ckpt_lib
 from toolkit.train import distribute
 from toolkit.train import ema
 from toolkit.train import steps as loop
+from toolkit.train import optim
 from toolkit.common import machine
-from toolkit.train import outputs
 from toolkit.config import Config, ConfigError, DataConfig, validate
 from toolkit.data import pipeline, prepare, shards, sources
 from toolkit.common.logs import log
@@ -66,7 +67,7 @@ class Session:
     @property
     def finished(self) -> bool:
         """The checkpoint is at the last step and the run's summary was written: nothing left to do."""
-        return self.start_step >= self.total_steps and os.path.exists(os.path.join(self.model_dir, outputs.SUMMARY))
+        return self.start_step >= self.total_steps and os.path.exists(os.path.join(self.model_dir, layout.SUMMARY))
 
 
 def setup(config: Config) -> Session:
@@ -83,7 +84,7 @@ def setup(config: Config) -> Session:
     restored = None if config.train.fresh else checkpointer.restore_latest()
     start_step = _agreed_start(rt, checkpointer, config.train.model_dir)
     if rt.is_chief:
-        ckpt_lib.save_run_record(config.train.model_dir, facts)
+        layout.save_run_record(config.train.model_dir, facts)
     session = Session(config, rt, data, info, facts, steps_per_epoch, start_step, restored, model, optimizer,
                       checkpointer, trainer, ema_model)
     if not session.finished:
@@ -136,14 +137,14 @@ def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
     if config.data.data_dir:
         if prepare.holds_shards(config.data.data_dir):
             return config.data.data_dir
-        work_dir = (os.path.join(config.train.model_dir, "data") if is_chief
-                    else ckpt_lib.make_scratch_dir("toolkit-worker-data-"))
+        work_dir = (os.path.join(config.train.model_dir, layout.CONVERTED_DATA) if is_chief
+                    else make_scratch_dir("toolkit-worker-data-"))
         return prepare.shards_for(config.data.data_dir, work_dir, log)
     if is_chief:
         os.makedirs(config.train.model_dir, exist_ok=True)
-        demo_dir = os.path.join(config.train.model_dir, "demo_data")
+        demo_dir = os.path.join(config.train.model_dir, layout.DEMO_DATA)
     else:
-        demo_dir = ckpt_lib.make_scratch_dir("toolkit-worker-demo-")
+        demo_dir = make_scratch_dir("toolkit-worker-demo-")
     log(f"no --data_dir: generating the built-in demo dataset in {demo_dir}")
     return sources.write_demo_dataset(demo_dir)
 
@@ -208,9 +209,9 @@ def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> 
         if moved:
             log(f"--fresh: the previous run was moved to {moved}")
         return
-    if not os.path.exists(os.path.join(model_dir, ckpt_lib.RUN_RECORD)):
+    if not layout.has_run_record(model_dir):
         return
-    record = ckpt_lib.load_run_record(model_dir)
+    record = layout.load_run_record(model_dir)
     for key in _SHAPING_FIELDS:
         if key in record and record[key] != facts[key]:
             raise ConfigError(
@@ -229,8 +230,8 @@ def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_e
         if m.init_weights:
             copied = resnet_v2.load_initial_weights(model, m.init_weights)
             log(f"--init_weights: copied {copied} layers from {m.init_weights}")
-        optimizer = loop.make_optimizer(t, steps_per_epoch, rt.precision)
-        loop.build_optimizer_state(optimizer, model)
+        optimizer = optim.make_optimizer(t, steps_per_epoch, rt.precision)
+        optim.build_optimizer_state(optimizer, model)
         trackables = {"model": model, "optimizer": optimizer}
         average = None
         if t.ema_decay:
