@@ -18,7 +18,7 @@ with sizes and mtimes, so other or changed photos are converted afresh): the pho
 converted to shards, a ResNet50V2, toolkit.export.run.export_model with --onnx_int8 (calibrated on
 the training photos). A model is served at the size it was trained at: the export's own, or the
 image_size in the run.json beside --inference_weights (a trained run's model.weights.h5, e.g. the
-hymenoptera small-data run of README.md, trained at 96 px); --inference_image_size may only
+hymenoptera small-data run of RECIPES.md, trained at 96 px); --inference_image_size may only
 repeat it. With random weights the size is --inference_image_size (224; 32 under --quick), and
 the 2-class head is rescaled so that about half the photos go to each class (a fresh
 network gives every photo the same class, which would make the int8 agreement trivially 100%), but

@@ -9,6 +9,7 @@
 #   DATA_DIR    -> /data     (read-only; default: ./data)
 #   RUNS_DIR    -> /runs     (default: ./runs)
 #   EXPORTS_DIR -> /exports  (default: ./exports)
+#   CACHE_DIR   -> /cache    (Keras' downloads, e.g. the ImageNet weights; default: ~/.cache/toolkit)
 # so give the trainer /data, /runs/NAME and /exports/NAME paths.
 #
 # Environment:
@@ -27,9 +28,10 @@ DOCKER=${DOCKER:-docker}
 DATA_DIR=${DATA_DIR:-$PWD/data}
 RUNS_DIR=${RUNS_DIR:-$PWD/runs}
 EXPORTS_DIR=${EXPORTS_DIR:-$PWD/exports}
+CACHE_DIR=${CACHE_DIR:-$HOME/.cache/toolkit}
 
 # created here, as the calling user, so the container (running as that user) can write them
-mkdir -p "$RUNS_DIR" "$EXPORTS_DIR"
+mkdir -p "$RUNS_DIR" "$EXPORTS_DIR" "$CACHE_DIR"
 abspath() { (cd "$1" && pwd); }
 
 args=(
@@ -42,6 +44,7 @@ args=(
   --user "$(id -u):$(id -g)"
   --mount "type=bind,source=$(abspath "$RUNS_DIR"),target=/runs"
   --mount "type=bind,source=$(abspath "$EXPORTS_DIR"),target=/exports"
+  --mount "type=bind,source=$(abspath "$CACHE_DIR"),target=/cache"
 )
 if [[ -d $DATA_DIR ]]; then
   args+=(--mount "type=bind,source=$(abspath "$DATA_DIR"),target=/data,readonly")

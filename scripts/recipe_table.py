@@ -1,4 +1,4 @@
-"""Compare finished training runs in one markdown table: how the README's recipe table is made.
+"""Compare finished training runs in one markdown table: how RECIPES.md's recipe table is made.
 
   python scripts/recipe_table.py runs/a runs/b ... [--markdown table.md]
 

@@ -96,3 +96,26 @@ def test_the_library_config_objects_come_from_the_same_flags_without_a_process()
     assert infer.inputs == ("a",) and rest == ["b", "c"] and infer.batch_size == config.InferConfig().batch_size
     with pytest.raises(Exception, match="top_k"):
         cli.parse_args((config.InferConfig,), ["--top_k=0"])  # lower_bound from the field's metadata
+
+
+QUIET = textwrap.dedent("""
+    import os
+    from toolkit import cli
+    from toolkit.common.startup import IMPORT_NOISE, filtered_stderr
+
+    def main(argv):
+        import tensorflow as tf  # through the quiet import that cli.run installs
+        print(len(tf.config.list_physical_devices("CPU")), flush=True)
+        with filtered_stderr(IMPORT_NOISE):
+            os.write(2, b"I0000 00:00:1.2 99 port.cc:153] oneDNN custom operations are on. You may see\\n")
+            os.write(2, b"a line that is not start-up noise\\n")
+
+    cli.run("a test program", (), main)
+""")
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_other_stderr_lines_kept():
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    proc = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["a line that is not start-up noise"], proc.stderr[-2000:]

@@ -92,8 +92,9 @@ def test_image_runs_the_trainer_as_a_non_root_user_with_volumes_and_gpu_defaults
     assert json.loads(last["ENTRYPOINT"]) == ["python3", "-m", "toolkit.train"]
     user = last["USER"].split(":")[0]
     assert user not in ("root", "0"), "the image must not run as root"
-    assert set(json.loads(last["VOLUME"])) == {"/data", "/runs", "/exports"}
+    assert set(json.loads(last["VOLUME"])) == {"/data", "/runs", "/exports", "/cache"}
     env = " ".join(args for word, args in instructions if word == "ENV")
+    assert "KERAS_HOME=/cache/keras" in env  # the ImageNet weights outlive an --rm container
     assert "TF_GPU_ALLOCATOR=cuda_malloc_async" in env
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in env
     install = " ".join(args for word, args in instructions if word == "RUN")
@@ -163,7 +164,7 @@ def test_docker_train_runs_the_image_on_all_gpus_as_the_calling_user(tmp_path):
     data = tmp_path / "shards"
     data.mkdir()
     env = {**os.environ, "DOCKER": "echo", "DATA_DIR": str(data), "RUNS_DIR": str(tmp_path / "runs"),
-           "EXPORTS_DIR": str(tmp_path / "exports"), "IMAGE": "toolkit:test"}
+           "EXPORTS_DIR": str(tmp_path / "exports"), "CACHE_DIR": str(tmp_path / "cache"), "IMAGE": "toolkit:test"}
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [DOCKER_TRAIN, "--data_dir=/data", "--model_dir=/runs/exp 1", "--batch_size=512"],
@@ -177,6 +178,7 @@ def test_docker_train_runs_the_image_on_all_gpus_as_the_calling_user(tmp_path):
     assert f"--user {os.getuid()}:{os.getgid()}" in command
     assert f"type=bind,source={data},target=/data,readonly" in command
     assert f"type=bind,source={tmp_path / 'runs'},target=/runs" in command
+    assert f"type=bind,source={tmp_path / 'cache'},target=/cache" in command  # Keras' downloads kept
     assert (tmp_path / "runs").is_dir() and (tmp_path / "exports").is_dir()  # made as the calling user
     # the image, then the trainer's flags unchanged and last
     assert command.endswith("toolkit:test --data_dir=/data --model_dir=/runs/exp 1 --batch_size=512")

@@ -16,7 +16,7 @@ TOOLKIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # bottom layer holds the shared vocabulary (config, layout, common/); the entry points (cli, flags,
 # the __main__ modules and the top-level commands) sit above everything and nothing imports them.
 LAYERS = {"toolkit": 0, "toolkit.config": 0, "toolkit.layout": 0, "toolkit.common": 0,
-          "toolkit.data": 1, "toolkit.models": 1, "toolkit.infer": 2, "toolkit.export": 3, "toolkit.train": 4}
+          "toolkit.data": 1, "toolkit.models": 1, "toolkit.recipes": 1, "toolkit.infer": 2, "toolkit.export": 3, "toolkit.train": 4}
 ENTRY_POINTS = {"toolkit.cli", "toolkit.flags", "toolkit.parity", "toolkit.evaluate", "toolkit.data.convert"}
 
 

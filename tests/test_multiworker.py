@@ -36,7 +36,7 @@ ENV.pop("TF_CONFIG", None)
 # chief-death job with it forced off: multi-worker training is proven on both kinds of kernels
 ONEDNN_ON, ONEDNN_OFF = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}, {**ENV, "TF_ENABLE_ONEDNN_OPTS": "0"}
 STEPS = 4
-FLAGS = ["--image_size=32", "--batch_size=8", f"--steps_per_epoch={STEPS}", "--epochs=1", "--checkpoint_every=2",
+FLAGS = ["--recipe=default", "--image_size=32", "--batch_size=8", f"--steps_per_epoch={STEPS}", "--epochs=1", "--checkpoint_every=2",
          "--log_every=1", "--noexport", "--xla=off", "--precision=fp32", "--learning_rate=0.02", "--warmup_epochs=0",
          "--deterministic", "--seed=3"]
 STEP_LINE = re.compile(r"step (\d+)/\d+ loss ([0-9.]+)")

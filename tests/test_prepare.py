@@ -77,12 +77,3 @@ def test_errors_name_the_trainers_flags(tmp_path):
     with pytest.raises(prepare.PrepareError, match="--model_dir: cannot convert into .* not a shard directory"):
         prepare.shards_for(str(tmp_path / "photos"), str(tmp_path / "work"), print, workers=1)
     assert (tmp_path / "work" / "notes.txt").read_text() == "mine"
-
-
-def test_small_means_a_known_count_below_the_limit(tmp_path):
-    def info(train):
-        return shards.DatasetInfo("d", ("a",), {"train": ("f",)}, {"train": train}, {})
-
-    assert prepare.is_small(info(244)) and prepare.is_small(info(4999))
-    assert not prepare.is_small(info(5000)) and not prepare.is_small(info(0))  # 0: unknown (no manifest)
-    assert prepare.is_small(info(6000), limit=10000)

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 # small and quick: 32 px demo images, 8 per global batch
-TINY = ["--image_size=32", "--batch_size=8", "--steps_per_epoch=4", "--log_every=2", "--noexport", "--xla=off",
+TINY = ["--recipe=default", "--image_size=32", "--batch_size=8", "--steps_per_epoch=4", "--log_every=2", "--noexport", "--xla=off",
         "--precision=fp32", "--learning_rate=0.01"]
 
 
@@ -47,6 +47,9 @@ def test_run_writes_summary_metrics_and_resumes_at_the_right_step(tmp_path, demo
     assert summary["num_classes"] == 4 and summary["image_size"] == 32 and summary["replicas"] == 1
     assert summary["precision"] == "fp32" and summary["xla"] is False
     assert summary["params"] == 23_572_996  # ResNet50V2 with a 4-class head
+    recorded = {"name": "default", "why": "--recipe"}
+    assert summary["recipe"] == recorded == json.loads((model_dir / "run.json").read_text())["recipe"]
+    assert "recipe default (--recipe): the flags you did not give come from it" in first.stdout
     assert 0 <= summary["val_top1"] <= summary["val_top5"] <= 1 and np.isfinite(summary["val_loss"])
     assert summary["train_images_per_sec"] > 0
     # training time: within the process's wall time, and at least the time between the first and last metrics lines
@@ -154,16 +157,15 @@ def test_bad_flag_values_are_refused_by_the_config(argv, named):
     assert message.startswith(named + ":") and "\n" not in message
 
 
-def test_demo_overrides_apply_only_to_flags_left_alone():
+def test_the_demo_recipe_applies_only_to_flags_left_alone():
     from absl.testing import flagsaver
 
     from toolkit import flags as flags_lib
-    from toolkit.config import DEMO_OVERRIDES
 
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.train", "--epochs=2"])
         demo = flags_lib.to_config()
-    assert demo.data.image_size == DEMO_OVERRIDES["image_size"] == 32 and demo.train.epochs == 2
+    assert demo.train.recipe == "demo" and demo.data.image_size == 32 and demo.train.epochs == 2
 
 
 def test_the_command_line_and_the_library_share_one_set_of_defaults():
@@ -176,10 +178,11 @@ def test_the_command_line_and_the_library_share_one_set_of_defaults():
     from toolkit.config import Config
 
     with flagsaver.flagsaver():
-        flags_lib.FLAGS(["toolkit.train", "--data_dir=/tmp"])
+        flags_lib.FLAGS(["toolkit.train", "--data_dir=/tmp", "--recipe=default"])
         from_flags = flags_lib.to_config()
     library = Config()
-    assert from_flags == dataclasses.replace(library, data=dataclasses.replace(library.data, data_dir="/tmp"))
+    assert from_flags == dataclasses.replace(library, data=dataclasses.replace(library.data, data_dir="/tmp"),
+                                             train=dataclasses.replace(library.train, recipe="default"), recipe_reason="--recipe")
     # every field is a flag, and every flag of the trainer is a field
     fields = {f.name for section in (library.data, library.model, library.train, library.export)
               for f in dataclasses.fields(section)}
@@ -201,7 +204,7 @@ def test_flagfile_sets_flags_and_every_flag_has_help(tmp_path):
     from toolkit import flags as flags_lib
 
     flagfile = tmp_path / "run.flags"
-    flagfile.write_text("--data_dir=/tmp\n--epochs=3\n--optimizer=adamw\n--precision=bf16\n")
+    flagfile.write_text(f"--data_dir={tmp_path}\n--epochs=3\n--optimizer=adamw\n--precision=bf16\n")
     with flagsaver.flagsaver():
         flags_lib.FLAGS(["toolkit.train", f"--flagfile={flagfile}", "--epochs=4"])
         config = flags_lib.to_config()
@@ -233,17 +236,29 @@ def test_an_image_folder_trains_after_one_conversion_and_its_test_split_is_score
     assert "is unchanged since its conversion" in second.stdout and "converting it" not in second.stdout
 
 
-def test_a_small_dataset_with_the_imagenet_defaults_names_the_small_data_recipe(capsys):
-    from toolkit.train import session
-    from toolkit.config import Config, DataConfig
-    from toolkit.data.shards import DatasetInfo
+@pytest.mark.parametrize("case, flags, named", [
+    ("depth 26 has no ImageNet weights", ["--init_weights=imagenet", "--depth=26"], "--init_weights"),
+    ("a batch larger than the photos", ["--batch_size=64", "--steps_per_epoch=0"], "--batch_size"),
+    ("fewer classes than the folder has", ["--num_classes=1"], "--num_classes"),
+])
+def test_a_refused_run_leaves_the_model_dir_as_it_was(tmp_path, case, flags, named):
+    """--fresh with a refusal the flags and the photos decide: nothing converted, nothing set aside."""
+    import data_helpers as dh
 
-    def info(train):
-        return DatasetInfo(data_dir="/d", class_names=("a", "b"), counts={"train": train, "val": 10},
-                           files={"train": ("/d/train-0",), "val": ("/d/val-0",)}, manifest={})
+    photos = tmp_path / "photos"
+    dh.write_folder(str(photos), {"ants": 4, "bees": 4})
+    model_dir = tmp_path / "run"
+    (model_dir / "checkpoints").mkdir(parents=True)
+    (model_dir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
+    (model_dir / "run.json").write_text('{"num_classes": 2}\n')
+    (model_dir / "metrics.jsonl").write_text('{"kind": "val"}\n')
 
-    session._name_the_recipe(Config(data=DataConfig(data_dir="/d")), info(245))
-    assert "configs/small_data.flags" in capsys.readouterr().out
-    session._name_the_recipe(Config(data=DataConfig(data_dir="/d")), info(50_000))  # large: the defaults fit
-    session._name_the_recipe(Config(data=DataConfig(data_dir="/d", image_size=96)), info(245))  # the user chose
-    assert capsys.readouterr().out == ""
+    def snapshot():
+        return {str(p.relative_to(model_dir)): p.read_bytes() if p.is_file() else None for p in sorted(model_dir.rglob("*"))}
+
+    before = snapshot()
+    proc = train(model_dir, f"--data_dir={photos}", "--fresh", "--epochs=1", *flags, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {named}:"), proc.stderr[-2000:]
+    assert snapshot() == before  # not converted into run/data, not moved to run/previous-*

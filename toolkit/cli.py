@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from toolkit.common.errors import ExitCode, ToolkitError, describe_exit_codes
 from toolkit.common.scratch import exit_now
+from toolkit.common.startup import quiet_tensorflow_startup
 
 
 def define_flags(sections: Sequence[type], fv=None, notes: Optional[dict] = None, module_name: Optional[str] = None,
@@ -127,6 +128,7 @@ def run(doc: str, sections: Sequence[type], main: Callable, positional: bool = F
         would repeat the reason the command reports itself).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", tf_log_level)  # before TensorFlow loads: its C++ start-up chatter
+    quiet_tensorflow_startup()  # and the lines that setting does not reach (toolkit.common.startup)
     from absl import app, flags
 
     fv = flags.FLAGS

@@ -18,6 +18,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTHS = (26, 50, 101, 152)
+IMAGENET_DEPTHS = (50, 101, 152)  # the depths Keras publishes ImageNet weights for (models.pretrained.NOTOP_MD5; a test compares)
+RECIPES = ("auto", "demo", "small_data", "finetune", "imagenet", "notebook", "default")  # toolkit/recipes/<name>.flags
 XLA_MODES = ("auto", "on", "off")
 LAYOUTS = ("nhwc", "nchw")
 # The oldest opset tf2onnx converts ResNetV2 to without workarounds.
@@ -38,7 +40,9 @@ def _opt(default, help: str, **meta):
 class DataConfig:
     """Where the TFRecord shards are and how to read them; the seed of every random choice."""
 
-    data_dir: str = _opt("", "Directory of TFRecord shards (from toolkit.data.convert); empty: the built-in demo dataset.")
+    data_dir: str = _opt("", "A folder of photos (one subfolder per class, or train/, val/, test/ of them: converted once "
+                             "into <model_dir>/data) or TFRecord shards (from toolkit.data.convert); empty: the built-in "
+                             "demo dataset.")
     image_size: int = _opt(224, "Square input size in pixels, at least 32: what validation, test and the export see, "
                                 "and the training size unless --train_sizes says otherwise.")
     train_sizes: str = _opt("", "Progressive resizing: training image sizes as SIZE@EPOCH entries, e.g. 64@1,96@41,128@81 "
@@ -76,8 +80,15 @@ class ModelConfig:
 class TrainConfig:
     """The optimization, the hardware, and the cadences of logging, checkpoints and evaluation."""
 
+    recipe: str = _opt("auto", "A recipe shipped with the toolkit supplies every flag you do not give: demo, small_data, "
+                               "finetune, imagenet, notebook or default; auto: demo without --data_dir, finetune with "
+                               "--init_weights, small_data below 5,000 training images, else default. The start line says "
+                               "which and why.")
     model_dir: str = _opt("runs/default", "Where checkpoints, logs, plots, the summary and exports go; re-running resumes from it.")
-    epochs: int = _opt(90, "Training epochs.")
+    epochs: int = _opt(90, "Training epochs (the most, with --time_budget).")
+    time_budget: float = _opt(0.0, "Minutes the whole run may take (set-up, training, evaluations, export): once the first "
+                                   "steps are timed on this machine, the schedule is cut to the epochs that fit (never more "
+                                   "than --epochs); the start says the plan and summary.json whether it held. 0: no budget.")
     steps_per_epoch: int = _opt(0, "Steps per epoch; 0: one pass over the training split.")
     optimizer: str = _opt("sgd", f"{'|'.join(OPTIMIZERS)}: sgd with momentum, adam, or adamw (decoupled weight decay).")
     learning_rate: float = _opt(0.1, "Peak learning rate after warmup.")
@@ -136,6 +147,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    recipe_reason: str = ""  # why --recipe auto picked config.train.recipe (not a flag)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,17 +155,6 @@ class Config:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
 
-# The built-in demo dataset (no --data_dir) is small 32 px textures: these settings replace the
-# defaults above for every flag the user leaves alone, so the plain `python -m toolkit.train`
-# finishes in minutes on a laptop CPU.
-DEMO_OVERRIDES = {
-    "image_size": 32,
-    "batch_size": 32,
-    "epochs": 3,
-    "learning_rate": 0.05,
-    "warmup_epochs": 1.0,
-    "crop_min_scale": 0.25,
-}
 
 
 class ConfigError(BadInput):
@@ -180,6 +181,7 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
          "must be SIZE@EPOCH entries (sizes at least 32, the first at epoch 1, epochs increasing), e.g. 64@1,96@41; "
          f"got {d.train_sizes!r}")
     need(t.epochs > 0, "epochs", f"must be positive, got {t.epochs}")
+    need(t.time_budget >= 0, "time_budget", f"must be zero (no budget) or positive minutes, got {t.time_budget}")
     need(t.steps_per_epoch >= 0, "steps_per_epoch", f"must be zero or positive, got {t.steps_per_epoch}")
     need(t.learning_rate > 0, "learning_rate", f"must be positive, got {t.learning_rate}")
     need(t.warmup_epochs >= 0, "warmup_epochs", f"must be zero or positive, got {t.warmup_epochs}")
@@ -201,6 +203,10 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(not d.data_dir or os.path.isdir(d.data_dir), "data_dir", f"{d.data_dir} is not a directory")
     need(not m.init_weights or m.init_weights == "imagenet" or os.path.isfile(m.init_weights), "init_weights",
          f"{m.init_weights} does not exist (a .keras or .weights.h5 file, or imagenet)")
+    need(m.init_weights != "imagenet" or m.depth in IMAGENET_DEPTHS, "init_weights",
+         f"no published ImageNet weights for depth {m.depth} (only {', '.join(map(str, IMAGENET_DEPTHS))}): "
+         "use --depth 50 or train from scratch")
+    need(t.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got {t.recipe!r}")
     need(0 <= t.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     need(d.mixup_alpha >= 0, "mixup_alpha", f"must be zero (off) or positive, got {d.mixup_alpha}")
     need(d.cutmix_alpha >= 0, "cutmix_alpha", f"must be zero (off) or positive, got {d.cutmix_alpha}")

@@ -2,32 +2,42 @@
 
 Every field of toolkit.config's sections is a flag of the same name, with the field's default and
 help (toolkit.cli.define_flags): a default cannot differ between the command line and the
-library. With no --data_dir the built-in demo dataset is used, and the flags the user left alone
-take config.DEMO_OVERRIDES. Only the trainer's entry point (and tests of its flags) import this
-module; the other commands define their own flags when they run (toolkit.cli.run).
+library. A recipe shipped with the package (toolkit/recipes, chosen by --recipe, auto by default)
+supplies every flag the user did not give; flags on the command line or in the user's own
+--flagfile always win. Only the trainer's entry point (and tests of its flags) import this module;
+the other commands define their own flags when they run (toolkit.cli.run).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from absl import flags
 
 from toolkit import cli
 from toolkit import config as cfg
+from toolkit import recipes
 
 FLAGS = flags.FLAGS
+SECTIONS = tuple(cfg.SECTIONS.values())
 
-cli.define_flags(tuple(cfg.SECTIONS.values()), FLAGS,
-                 notes={name: f" (demo dataset: {value})" for name, value in cfg.DEMO_OVERRIDES.items()}, module_name=__name__)
+cli.define_flags(SECTIONS, FLAGS, module_name=__name__)
 
 
-def _demo_default(name: str):
-    """The demo dataset's own default of a flag left alone, when there is no --data_dir."""
-    return None if FLAGS.data_dir else cfg.DEMO_OVERRIDES.get(name)
+def recipe_values(name: str) -> dict:
+    """{flag: value} that a shipped recipe's flag file sets, parsed as the command line would be."""
+    fv = flags.FlagValues()
+    cli.define_flags(SECTIONS, fv, module_name=__name__)
+    fv(["toolkit.train", f"--flagfile={recipes.path(name)}"])
+    return {name: fv[name].value for name in fv if fv[name].present and name != "flagfile"}
 
 
 def to_config() -> cfg.Config:
-    """The frozen Config from the parsed flags, validated (a ConfigError names the flag)."""
-    sections = {name: section(**cli.values_of(section, FLAGS, _demo_default)) for name, section in cfg.SECTIONS.items()}
-    config = cfg.Config(**sections)
+    """The frozen Config from the parsed flags and the recipe, validated (a ConfigError names the flag)."""
+    name, why = recipes.choose(FLAGS.recipe, FLAGS.data_dir, FLAGS.init_weights)
+    supplied = recipe_values(name)
+    sections = {s: section(**cli.values_of(section, FLAGS, supplied.get)) for s, section in cfg.SECTIONS.items()}
+    sections["train"] = dataclasses.replace(sections["train"], recipe=name)
+    config = cfg.Config(**sections, recipe_reason=why)
     cfg.validate(config)
     return config

@@ -1,5 +1,5 @@
 """Markdown tables, the one shape every report of the toolkit writes (summary.md, MODEL_CARD.md,
-the benchmark report, the README's recipe table)."""
+the benchmark report, RECIPES.md's recipe table)."""
 
 from __future__ import annotations
 

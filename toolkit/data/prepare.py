@@ -3,7 +3,6 @@
   shards_for(data_dir, work_dir, log)  the shard directory to train on: data_dir itself when it
                                        holds shards, else work_dir, (re)written from the image
                                        folder only when the folder changed since the last time
-  is_small(info)                       whether the data calls for the small-data recipe
 
 "Changed" is decided by a digest of the folder's file list with each file's size and mtime (not
 its bytes: hashing hundreds of MB of photos at every start would cost more than it saves), stored
@@ -19,15 +18,11 @@ import json
 import os
 from typing import Callable
 
-from toolkit.data.listing import holds_shards, visible  # noqa: F401 - holds_shards: prepare's callers ask it too
+from toolkit.data.listing import holds_shards, visible_files  # noqa: F401 - holds_shards: prepare's callers ask it too
 from toolkit import layout
 from toolkit.common.errors import BadInput
 
 DIGEST_KEY = "source_digest"
-# Below this many training images the data is "small": the ImageNet recipe (224 px, batch 64,
-# 90 epochs, SGD 0.1) is the wrong one, configs/small_data.flags the right one (issue 14, item 7).
-SMALL_DATA_IMAGES = 5000
-SMALL_DATA_RECIPE = "configs/small_data.flags"
 
 
 class PrepareError(BadInput):
@@ -37,12 +32,9 @@ class PrepareError(BadInput):
 def folder_digest(src: str) -> str:
     """sha256 of every visible file's relative path, size and mtime below `src` (hidden entries left out)."""
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if visible(d))
-        for name in sorted(f for f in filenames if visible(f)):
-            path = os.path.join(dirpath, name)
-            st = os.stat(path)
-            digest.update(f"{os.path.relpath(path, src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for path in visible_files(src):
+        st = os.stat(path)
+        digest.update(f"{os.path.relpath(path, src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -98,14 +90,33 @@ def shards_for(data_dir: str, work_dir: str, log: Callable[[str], None], *, max_
     return work_dir
 
 
+def peek(data_dir: str) -> tuple:
+    """(class names, training images) of --data_dir from a look at its listing or manifest, before
+    anything is converted: shards give their manifest's figures (None for an unknown count); an
+    image folder gives its class folders and every file of its training part (an upper bound: the
+    validation share is drawn from it when it has no val/ folder).
+
+    Raises:
+      PrepareError: data_dir is not a directory, or an image folder the converter would refuse.
+    """
+    if not data_dir or not os.path.isdir(data_dir):
+        raise PrepareError(f"--data_dir: {data_dir!r} is not a directory")
+    if holds_shards(data_dir):
+        from toolkit.data import shards
+
+        info = shards.read_dataset_info(data_dir)
+        return tuple(info.class_names), info.counts.get("train") or None
+    from toolkit.data import folder, writer
+
+    try:
+        scan = folder.scan_folder(data_dir)
+    except writer.ConversionError as e:
+        raise PrepareError(_as_data_dir_error(str(e), data_dir)) from None
+    return scan.class_names, len(scan.files["train"])
+
+
 def _as_data_dir_error(message: str, work_dir: str) -> str:
     """The converter names its own flags (--src, --out); the trainer's user gave --data_dir and --model_dir."""
     if message.startswith("--out:"):
         return f"--model_dir: cannot convert into {work_dir}:" + message[len("--out:"):]
     return message.replace("--src:", "--data_dir:", 1)
-
-
-def is_small(info, limit: int = SMALL_DATA_IMAGES) -> bool:
-    """Whether a dataset (shards.DatasetInfo) has a known number of training images below `limit`."""
-    train = info.counts.get("train", 0)
-    return 0 < train < limit

@@ -18,13 +18,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, base: float, warmup_steps: int, total_steps: int):
         self.base = float(base)
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = self.asked_warmup_steps = int(warmup_steps)
         self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        # read by the compiled step, so that --time_budget can set the end once it has measured the speed
+        self._warmup = tf.Variable(float(self.warmup_steps), trainable=False, name="schedule_warmup_steps")
+        self._total = tf.Variable(float(self.total_steps), trainable=False, name="schedule_total_steps")
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """End the cosine decay at `total_steps` (from the host, between steps). A warmup longer than
+        a fifth of the new schedule is shortened to that fifth: the decay must have room."""
+        self.warmup_steps = min(self.asked_warmup_steps, int(total_steps) // 5)
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        self._warmup.assign(float(self.warmup_steps))
+        self._total.assign(float(self.total_steps))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        warmup = tf.cast(self.warmup_steps, tf.float32)
-        decay_steps = tf.cast(self.total_steps - self.warmup_steps, tf.float32)
+        warmup = tf.cast(self._warmup, tf.float32)
+        decay_steps = tf.cast(self._total, tf.float32) - warmup
         progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
         cosine = 0.5 * self.base * (1.0 + tf.cos(math.pi * progress))
         warm = self.base * (step + 1.0) / tf.maximum(warmup, 1.0)
@@ -57,6 +68,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str) ->
     if precision == "fp16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
+
+
+def schedule_of(optimizer) -> WarmupCosine:
+    """The learning-rate schedule of an optimizer made by make_optimizer (a LossScaleOptimizer's inner one's)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate  # Keras keeps the schedule object there
 
 
 def decayed_variables(model: keras.Model) -> list:

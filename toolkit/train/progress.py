@@ -40,10 +40,21 @@ class Speedometer:
         self._interval_start = len(self.durations)
         return self.batch * len(window) / max(sum(window), 1e-9)
 
-    def rate(self) -> float:
+    def _timed(self) -> list:
         skip = self.warmup if len(self.durations) > self.warmup else min(1, len(self.durations) - 1)
-        timed = self.durations[skip:]
+        return self.durations[max(skip, 0):]
+
+    def rate(self) -> float:
+        timed = self._timed()
         return self.batch * len(timed) / sum(timed) if timed else 0.0
+
+    def timed_steps(self) -> int:
+        """How many steps the rate is measured over (the warmup steps left out)."""
+        return len(self.durations) - self.warmup if len(self.durations) > self.warmup else 0
+
+    def seconds_per_step(self) -> float:
+        timed = self._timed()
+        return sum(timed) / len(timed) if timed else 0.0
 
 
 class ProgressLine:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Optional
 
 import numpy as np
 
-from toolkit.train import distribute
+from toolkit.train import budget, distribute
 from toolkit.common import machine
 from toolkit.train import outputs
 from toolkit.config import Config, parse_train_sizes
@@ -34,7 +35,9 @@ class TrainingDiverged(Diverged):
 
 def run(config: Config) -> dict:
     """Train as `config` says and return the summary (also written to model_dir/summary.json)."""
+    began = time.time()
     session = setup(config)
+    session.began = began
     if session.finished:
         return _already_finished(session)
     _log_start(session)
@@ -56,14 +59,16 @@ def fit(session: Session) -> dict:
     t, s = session.config.train, session
     speed = Speedometer(s.data.batch_size, t.speed_warmup_steps)
     metrics = MetricsLog(s.model_dir if s.runtime.is_chief else None)
-    progress = ProgressLine(s.data.batch_size, t.epochs, s.total_steps, speed, metrics,
+    progress = ProgressLine(s.data.batch_size, s.epochs, s.total_steps, speed, metrics,
                             mixed=bool(s.data.mixup_alpha or s.data.cutmix_alpha))
     iterator = iter(s.train_dataset)
     evaluations, last = [], {}
     step = s.start_step
     watch = _watch_chief(s)
+    planning = bool(t.time_budget) and s.plan is None  # --time_budget, not yet planned (a resume keeps its plan)
+    epoch = step // s.steps_per_epoch
     try:
-        for epoch in range(step // s.steps_per_epoch, t.epochs):
+        while epoch < s.epochs:
             s.checkpointer.epoch.assign(epoch)
             epoch_end = (epoch + 1) * s.steps_per_epoch
             while step < epoch_end:
@@ -77,29 +82,60 @@ def fit(session: Session) -> dict:
                     progress.add(float(loss), float(hit))
                 step += n
                 s.checkpointer.step.assign(step)
+                if planning and (speed.timed_steps() >= budget.TIMED_STEPS or step == epoch_end):
+                    planning = False
+                    _plan_the_budget(s, step, speed, progress)
+                    epoch_end = min(epoch_end, s.total_steps)
                 if step % t.log_every == 0 or step == s.total_steps:
                     progress.report(step, epoch, _learning_rate(s.optimizer))
                 if step % t.checkpoint_every == 0 and step != epoch_end:
                     s.trainer.sync_batchnorm_statistics()
                     s.checkpointer.save()
             s.trainer.sync_batchnorm_statistics()  # every replica evaluates, and the chief saves, the same statistics
-            evaluated = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
+            evaluated = (epoch + 1) % t.eval_every == 0 or epoch + 1 == s.epochs
             if evaluated:
                 last = _evaluate(s, step, epoch, metrics)
                 evaluations.append(last)
+                if s.plan and not s.plan["eval_measured"] and step <= s.warmup_steps:  # still warming up: plan again
+                    _plan_the_budget(s, step, speed, progress, last["eval_seconds"])
             # with the evaluations, not every epoch: an epoch of a small dataset can take less time than
             # writing ResNet50's checkpoint (weights, EMA and optimizer state: 377 MB)
             if evaluated or step % t.checkpoint_every == 0:
                 s.checkpointer.epoch.assign(epoch + 1)
                 s.checkpointer.save()
+            epoch += 1
         if not last:  # resumed a run that ended before its summary: evaluate once to complete it
-            last = _evaluate(s, step, t.epochs - 1, metrics)
+            last = _evaluate(s, step, s.epochs - 1, metrics)
     finally:
         metrics.close()
         if watch:
             watch.stop()  # the last collective is done: the chief may now leave
     return {"evaluations": evaluations, "last": last, "steps": step, "images_per_sec": speed.rate(),
             "seconds": time.time() - started}
+
+
+def _plan_the_budget(s: Session, step: int, speed: Speedometer, progress: ProgressLine,
+                     eval_seconds: Optional[float] = None) -> None:
+    """--time_budget: cut the epochs to what fits, from the speed measured here (every worker agrees:
+    each plans, and the fewest epochs win)."""
+    t = s.config.train
+    per_step = speed.seconds_per_step()
+    if eval_seconds is None:
+        eval_seconds = budget.estimated_eval_seconds(s.info.counts.get("val", 0), s.data.batch_size, per_step,
+                                                     2 if s.ema_model is not None else 1)
+    reserve = budget.reserve_seconds(eval_seconds, s.config.export.export)
+    eval_seconds += budget.CHECKPOINT_SECONDS  # each evaluation also writes a checkpoint
+    plan = budget.plan(t.time_budget * 60, time.time() - s.began, step, s.steps_per_epoch, t.epochs, t.eval_every,
+                       per_step, eval_seconds, reserve, eval_measured=s.plan is not None)
+    epochs = plan.epochs
+    if s.runtime.num_workers > 1:
+        epochs = min(distribute.gather_from_workers(s.runtime.strategy, epochs))
+    s.set_epochs(epochs, {"epochs": epochs, "most_epochs": t.epochs, "budget_minutes": t.time_budget,
+                          "seconds_per_step": round(per_step, 4), "seconds_per_eval": round(eval_seconds, 2),
+                          "eval_measured": plan.eval_measured, "expected_seconds": round(plan.expected_seconds, 1)})
+    progress.epochs, progress.total_steps = s.epochs, s.total_steps
+    log(plan.line(t.time_budget, t.epochs) if epochs == plan.epochs else
+        f"time budget {t.time_budget:g} min: {epochs} of {t.epochs} epochs fit on the slowest worker")
 
 
 def _steps_until_the_host_is_needed(step: int, epoch_end: int, t, steps_per_loop: int) -> int:
@@ -128,7 +164,7 @@ def _evaluate(s: Session, step: int, epoch: int, metrics: MetricsLog) -> dict:
     """Evaluate on the validation split; log it and record it in metrics.jsonl."""
     start = time.time()
     result = s.trainer.evaluate(s.eval_dataset)
-    line = (f"epoch {epoch + 1}/{s.config.train.epochs} validation: loss {result['val_loss']:.4f} "
+    line = (f"epoch {epoch + 1}/{s.epochs} validation: loss {result['val_loss']:.4f} "
             f"top-1 {result['val_top1']:.4f} top-5 {result['val_top5']:.4f} ({result['val_images']} images)")
     if s.ema_model is not None:  # the weights' moving average, beside the raw weights
         averaged = s.trainer.evaluate(s.eval_dataset, s.ema_model)
@@ -157,16 +193,17 @@ def _watch_chief(s: Session):
 # --------------------------------------------------------------------------------------- finish
 def finish(session: Session, history: dict) -> dict:
     """Write the summary, the reports and the final weights, then export (the chief); returns the summary."""
-    s, rt, config = session, session.runtime, session.config
+    s, rt = session, session.runtime
     last = history["last"]
     summary = {
         **{k: v for k, v in last.items() if k.startswith(("val_", "ema_val_")) and k != "val_images"},
         "exported_weights": "ema" if s.ema_model is not None else "raw",
-        "epochs": config.train.epochs,
+        "epochs": s.epochs,
         "steps": history["steps"],
         "train_images_per_sec": history["images_per_sec"],
         # training and evaluations, in this process (a resumed run: its last part only)
         "train_seconds": round(history["seconds"], 1),
+        "recipe": s.facts["recipe"],
         "precision": rt.precision,
         "xla": rt.xla,
         "replicas": rt.num_replicas,
@@ -201,11 +238,25 @@ def _write_outputs(s: Session, summary: dict, last: dict) -> None:
     outputs.write_summary(summary, s.model_dir)
     if s.config.export.export:
         _export(s.model_dir, s.config, summary)
+    if s.config.train.time_budget:
+        _report_the_budget(s, summary)
     ema = (f"; EMA weights (exported) {summary['ema_val_top1']:.4f} (best {summary['best_ema_val_top1']:.4f})"
            if "ema_val_top1" in summary else "")
     log(f"done: val top-1 {summary['val_top1']:.4f} (best {summary['best_val_top1']:.4f}){ema}, "
         f"{summary['train_images_per_sec']:.1f} img/s")
     log(f"wrote {s.model_dir}/: {', '.join(layout.RUN_FILES)}")
+
+
+def _report_the_budget(s: Session, summary: dict) -> None:
+    """summary.json's time_budget: the plan, the whole run's seconds (this process: a resumed run its
+    last part), and whether it held (within the budget, or at most 10% over it)."""
+    t, seconds = s.config.train, round(time.time() - s.began, 1)
+    held = seconds <= t.time_budget * 60
+    summary["time_budget"] = {"minutes": t.time_budget, "plan": s.plan, "seconds": seconds, "held": held,
+                              "within_10_percent": seconds <= 1.1 * t.time_budget * 60}
+    outputs.write_summary(summary, s.model_dir)
+    log(f"time budget {t.time_budget:g} min {'held' if held else 'EXCEEDED'}: the run took {seconds / 60:.1f} min "
+        f"({s.epochs} of {t.epochs} epochs)")
 
 
 def _whole_run_figures(s: Session, history: list, last: dict) -> dict:
@@ -266,10 +317,14 @@ def _log_start(s: Session) -> None:
     if d.train_sizes:
         stages = [f"{size}px from {'epoch ' if i == 0 else ''}{first}" for i, (first, size) in enumerate(parse_train_sizes(d.train_sizes))]
         sizes = f" (training at {', '.join(stages)})"
+    budget_note = ""
+    if t.time_budget:
+        budget_note = (f" (planned for the {t.time_budget:g} min budget)" if s.plan else
+                       f" at most (a {t.time_budget:g} min budget: planned once the first steps are timed)")
     log(f"{where}: ResNet{m.depth}V2 {d.image_size}px{sizes}, {s.facts['num_classes']} classes, {s.model.count_params():,} "
         f"params | {rt.distribution} x{rt.num_replicas} {rt.device_kind} replicas, {rt.precision}, "
         f"xla={'on' if rt.xla else 'off'} | global batch {d.batch_size}, {s.steps_per_epoch} steps/epoch, "
-        f"{t.epochs} epochs | {_device_line(rt)}")
+        f"{s.epochs} epochs{budget_note} | {_device_line(rt)}")
 
 
 def _device_line(rt: distribute.Runtime) -> str:

@@ -55,10 +55,26 @@ class Session:
     ema_model: Optional[keras.Model] = None  # the weights' moving average (--ema_decay), or None
     train_dataset: object = None  # distributed, positioned at start_step
     eval_dataset: object = None  # distributed, the validation split
+    epochs: int = 0  # the epochs to train: --epochs, or fewer planned for --time_budget
+    plan: Optional[dict] = None  # --time_budget's plan (run.json keeps it for a resume), None before it is made
+    began: float = 0.0  # time.time() when the run started (what --time_budget counts from)
 
     @property
     def total_steps(self) -> int:
-        return self.config.train.epochs * self.steps_per_epoch
+        return self.epochs * self.steps_per_epoch
+
+    def set_epochs(self, epochs: int, plan: dict) -> None:
+        """Train `epochs` epochs as --time_budget planned: the schedule's cosine ends with them."""
+        self.epochs, self.plan = epochs, plan
+        optim.schedule_of(self.optimizer).set_total_steps(self.total_steps)
+        self.facts["plan"] = plan
+        if self.runtime.is_chief:
+            layout.save_run_record(self.model_dir, self.facts)
+
+    @property
+    def warmup_steps(self) -> int:
+        """The learning rate's warmup, in steps (shortened when --time_budget cut the schedule short)."""
+        return optim.schedule_of(self.optimizer).warmup_steps
 
     @property
     def model_dir(self) -> str:
@@ -78,15 +94,18 @@ def setup(config: Config) -> Session:
     rt = _runtime(config)
     data, info, steps_per_epoch = _data_facts(config, rt)
     facts = _run_record(config, rt, data, info)
-    _check_or_set_aside(config, rt, facts)
+    _refuse_another_shape(config, facts)
     model, optimizer, checkpointer, trainer = _build(config, rt, facts["num_classes"], steps_per_epoch)
     ema_model = trainer.ema.average if trainer.ema else None
     restored = None if config.train.fresh else checkpointer.restore_latest()
     start_step = _agreed_start(rt, checkpointer, config.train.model_dir)
+    recorded_plan = _recorded_plan(config, restored)
     if rt.is_chief:
         layout.save_run_record(config.train.model_dir, facts)
     session = Session(config, rt, data, info, facts, steps_per_epoch, start_step, restored, model, optimizer,
-                      checkpointer, trainer, ema_model)
+                      checkpointer, trainer, ema_model, epochs=config.train.epochs)
+    if recorded_plan:  # a resumed run keeps the plan it made (its schedule was cut to it)
+        session.set_epochs(recorded_plan["epochs"], recorded_plan)
     if not session.finished:
         start_epoch, skip = divmod(start_step, steps_per_epoch)
         # mixup / CutMix batches carry soft labels over every class
@@ -102,7 +121,11 @@ def setup(config: Config) -> Session:
 def _runtime(config: Config) -> distribute.Runtime:
     """Validate, join the cluster (multi-worker), decide strategy, precision and XLA, seed everything."""
     validate(config)
+    refuse_early(config)
     t, d = config.train, config.data
+    if config.recipe_reason:  # chosen on the command line (a library caller's Config is used as given)
+        log(f"recipe {t.recipe} ({config.recipe_reason}): the flags you did not give come from it "
+            f"(toolkit/recipes/{t.recipe}.flags; --recipe picks another)")
     workers, worker_index, _ = distribute.tf_config_cluster()
     if workers > 1 and t.distribution in ("auto", "multi_worker"):
         limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
@@ -149,6 +172,21 @@ def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
     return sources.write_demo_dataset(demo_dir)
 
 
+def refuse_early(config: Config) -> None:
+    """The refusals that the flags and a look at --data_dir decide, made before anything is converted,
+    generated, built or set aside: a refused run leaves model_dir as it was. (Settings alone are
+    checked by config.validate; the exact figures are checked again after a conversion.)"""
+    d, m, t = config.data, config.model, config.train
+    if not d.data_dir:
+        return  # the demo dataset is generated to fit
+    names, train = prepare.peek(d.data_dir)
+    if names and m.num_classes and m.num_classes < len(names):
+        raise ConfigError(f"--num_classes: {m.num_classes} is fewer than the {len(names)} classes in {d.data_dir}")
+    if train is not None and not t.steps_per_epoch and train < d.batch_size:
+        raise ConfigError(f"--batch_size: {d.batch_size} leaves no full batch per epoch (only {train} training images "
+                          f"in {d.data_dir})")
+
+
 def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
     """(DataConfig with data_dir resolved, DatasetInfo, steps per epoch)."""
     d, m, t = config.data, config.model, config.train
@@ -156,7 +194,6 @@ def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
         os.makedirs(t.model_dir, exist_ok=True)
     data_dir = resolve_data_dir(config, rt.is_chief)
     info = shards.read_dataset_info(data_dir)
-    _name_the_recipe(config, info)
     if not (m.num_classes or info.num_classes):
         raise ConfigError(f"--num_classes: {data_dir} names no classes (no labels.txt); set --num_classes")
     if info.num_classes and m.num_classes and m.num_classes < info.num_classes:
@@ -169,21 +206,11 @@ def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
     return dataclasses.replace(d, data_dir=data_dir), info, steps_per_epoch
 
 
-def _name_the_recipe(config: Config, info: shards.DatasetInfo) -> None:
-    """One line when a small dataset meets the ImageNet-sized defaults (image size, batch, epochs
-    and learning rate all left at the library's): the small-data recipe is the one for it."""
-    defaults = Config()
-    chosen = (config.data.image_size, config.data.batch_size, config.train.epochs, config.train.learning_rate)
-    usual = (defaults.data.image_size, defaults.data.batch_size, defaults.train.epochs, defaults.train.learning_rate)
-    if config.data.data_dir and prepare.is_small(info) and chosen == usual:
-        log(f"--data_dir: {info.counts.get('train')} training images is a small dataset, and the defaults are the "
-            f"ImageNet recipe; add --flagfile {prepare.SMALL_DATA_RECIPE} for the recipe made for it (README.md)")
-
-
 def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: shards.DatasetInfo) -> dict:
     num_classes = config.model.num_classes or info.num_classes
     return {
         "toolkit_version": __version__,
+        "recipe": {"name": config.train.recipe, "why": config.recipe_reason},
         "num_classes": num_classes,
         "class_names": list(info.class_names) or [str(i) for i in range(num_classes)],
         "image_size": data.image_size,
@@ -201,15 +228,19 @@ def _run_record(config: Config, rt: distribute.Runtime, data: DataConfig, info: 
     }
 
 
-def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> None:
-    """--fresh: move an earlier run aside (the chief); else refuse to resume a run of another shape."""
+def _recorded_plan(config: Config, restored: Optional[str]) -> Optional[dict]:
+    """The --time_budget plan of the run being resumed, when it was made for the same budget and --epochs."""
+    if not restored or not config.train.time_budget:
+        return None
+    plan = layout.load_run_record(config.train.model_dir).get("plan") or {}
+    same = plan.get("budget_minutes") == config.train.time_budget and plan.get("most_epochs") == config.train.epochs
+    return plan if same and plan.get("epochs") else None
+
+
+def _refuse_another_shape(config: Config, facts: dict) -> None:
+    """Without --fresh: refuse to resume a run of another shape (classes, image size, depth, EMA)."""
     model_dir = config.train.model_dir
-    if config.train.fresh:  # the other workers leave model_dir to the chief (it may be moving the old run aside)
-        moved = ckpt_lib.set_aside_previous_run(model_dir) if rt.is_chief else None
-        if moved:
-            log(f"--fresh: the previous run was moved to {moved}")
-        return
-    if not layout.has_run_record(model_dir):
+    if config.train.fresh or not layout.has_run_record(model_dir):
         return
     record = layout.load_run_record(model_dir)
     for key in _SHAPING_FIELDS:
@@ -218,6 +249,13 @@ def _check_or_set_aside(config: Config, rt: distribute.Runtime, facts: dict) -> 
                 f"--{_FLAG_OF[key]}: {model_dir} holds a run with {key}={record[key]}, this run has {facts[key]}; "
                 "use --fresh or another --model_dir"
             )
+
+
+def _set_aside_for_fresh(config: Config, rt: distribute.Runtime) -> None:
+    """--fresh: the chief moves an earlier run aside (the other workers leave model_dir to it)."""
+    moved = ckpt_lib.set_aside_previous_run(config.train.model_dir) if config.train.fresh and rt.is_chief else None
+    if moved:
+        log(f"--fresh: the previous run was moved to {moved}")
 
 
 def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_epoch: int) -> tuple:
@@ -238,6 +276,7 @@ def _build(config: Config, rt: distribute.Runtime, num_classes: int, steps_per_e
             ema_model = resnet_v2.build_model(num_classes, size, m.depth, m.sync_batchnorm, m.freeze_backbone)
             average = ema.WeightAverage(model, ema_model, t.ema_decay)
             trackables["ema_model"] = ema_model
+        _set_aside_for_fresh(config, rt)  # the last moment: every refusal (weights too) came before
         checkpointer = ckpt_lib.Checkpointer(t.model_dir, rt.is_chief, t.keep_checkpoints, **trackables)
     l2 = t.weight_decay if t.optimizer == "adam" else 0.0
     trainer = loop.Trainer(model, optimizer, rt.strategy, d.batch_size, num_classes, t.label_smoothing, l2, rt.xla,
