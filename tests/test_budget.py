@@ -35,6 +35,21 @@ def test_the_plan_takes_the_most_epochs_that_fit():
     assert budget.plan(1, **{**args, "step": 35}).epochs == 4  # three epochs done: the fourth is finished
 
 
+def test_plans_are_made_again_only_early_in_the_decay():
+    assert budget.decay_progress(10, 20, 120) == 0.0  # warming up
+    assert budget.decay_progress(45, 20, 120) == pytest.approx(0.25)
+    assert budget.decay_progress(500, 20, 120) == 1.0
+
+
+def test_a_plan_uses_the_median_of_the_recent_steps():
+    from toolkit.train.progress import Speedometer
+
+    speed = Speedometer(16, warmup_steps=2)
+    speed.durations = [9.0, 9.0] + [2.0] * 10 + [0.5] * 7  # traced, then a first epoch filling a cache, then the rest
+    assert speed.seconds_per_step() == pytest.approx(2.0)  # all 17 timed steps: the slow ones still the majority
+    assert speed.seconds_per_step(recent=7) == pytest.approx(0.5)
+
+
 def test_an_evaluation_is_estimated_from_the_step_until_one_is_measured():
     # 400 images in batches of 32: 13 batches at a third of 0.3 s, for two models (the EMA's too)
     assert budget.estimated_eval_seconds(400, 32, 0.3, 2) == pytest.approx(13 * 0.1 * 2)

@@ -76,3 +76,53 @@ def test_fresh_sets_the_old_run_aside_without_deleting_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(["notes.txt", os.path.basename(moved)])
     with pytest.raises(ValueError, match="--model_dir"):
         layout.load_run_record(str(tmp_path))  # it had one before the set-aside
+
+
+def _truncate_data_of(prefix):
+    """Cut a checkpoint's data file to half, as a node that died mid-write can leave it."""
+    (data,) = tf.io.gfile.glob(str(prefix) + ".data-*")
+    size = os.path.getsize(data)
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_set_aside_and_the_run_goes_on(tmp_path, capsys):
+    model, _, ckpt = _setup(tmp_path, "fp32")
+    ckpt.step.assign(3)
+    good = ckpt.save()
+    good_weights = model.get_weights()
+    model.set_weights([w + 1.0 for w in good_weights])
+    ckpt.step.assign(6)
+    damaged = ckpt.save()
+    _truncate_data_of(damaged)
+
+    model2, _, ckpt2 = _setup(tmp_path, "fp32")
+    assert ckpt2.restore_latest() == good and int(ckpt2.step.numpy()) == 3
+    for a, b in zip(good_weights, model2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "cannot be read" in line]
+    assert len(lines) == 1 and "ckpt-6" in lines[0] and "trying the one before it" in lines[0]
+    aside = ckpt2.set_aside_damaged()
+    assert os.path.dirname(aside) == str(tmp_path / "checkpoints") and re.fullmatch(r"damaged-\d{8}-\d{6}", os.path.basename(aside))
+    assert sorted(os.listdir(aside)) == sorted(os.path.basename(p) for p in tf.io.gfile.glob(os.path.join(aside, "ckpt-6.*")))
+    assert {"ckpt-6.index"} <= set(os.listdir(aside)) and not tf.io.gfile.glob(damaged + ".*")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == good  # the index forgot it
+    ckpt2.step.assign(4)  # the run goes on from step 3
+    assert ckpt2.save().endswith("ckpt-4")
+    model3, _, ckpt3 = _setup(tmp_path, "fp32")
+    assert ckpt3.restore_latest().endswith("ckpt-4") and ckpt3.damaged == []
+
+
+def test_with_no_readable_checkpoint_one_line_names_the_folder_and_fresh(tmp_path):
+    from toolkit.common.errors import BadInput
+
+    _, _, ckpt = _setup(tmp_path, "fp32")
+    for step in (2, 4):
+        ckpt.step.assign(step)
+        _truncate_data_of(ckpt.save())
+    _, _, ckpt2 = _setup(tmp_path, "fp32")
+    with pytest.raises(BadInput) as info:
+        ckpt2.restore_latest()
+    message = str(info.value)
+    assert message.startswith(f"--model_dir: not one checkpoint in {tmp_path / 'checkpoints'} can be read (ckpt-4, ckpt-2)")
+    assert message.endswith("--fresh starts anew") and "\n" not in message

@@ -172,7 +172,8 @@ def layout_names() -> set:
 
     names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
     names |= {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, dict) for v in v.values()}
-    return names - {layout.CONVERTED_DATA, layout.EXPORT, layout.SAVED_MODEL, layout.PREVIOUS_RUN, layout.TRITON_VERSION}
+    return names - {layout.CONVERTED_DATA, layout.EXPORT, layout.SAVED_MODEL, layout.PREVIOUS_RUN, layout.DAMAGED_CHECKPOINTS,
+                    layout.TRITON_VERSION}
 
 
 def hand_made_names(source: str, names: set) -> list:

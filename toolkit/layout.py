@@ -13,6 +13,7 @@ A training directory (--model_dir):
   demo_data/         the built-in demo dataset (no --data_dir)
   export/            the export (unless --export_dir says otherwise)
   previous-<time>/   an earlier run set aside by --fresh
+  checkpoints/damaged-<time>/   checkpoints that could not be read, set aside (a resume used an older one)
 An export directory: see EXPORT_FILES; a converted dataset: shards, labels.txt, manifest.json; an
 evaluation (--out of python -m toolkit.evaluate): metrics.json, predictions.csv and the plots.
 
@@ -43,6 +44,7 @@ CONVERTED_DATA = "data"
 DEMO_DATA = "demo_data"
 EXPORT = "export"
 PREVIOUS_RUN = "previous-%Y%m%d-%H%M%S"  # time.strftime pattern
+DAMAGED_CHECKPOINTS = "damaged-%Y%m%d-%H%M%S"  # inside checkpoints/: those that could not be read
 # what --fresh sets aside: the parts of a run that would make the new one resume or mix with it
 RUN_STATE = (CHECKPOINTS, METRICS, TENSORBOARD, SUMMARY, RUN_RECORD)
 # what the end of a run lists as written

@@ -1,8 +1,9 @@
 """--time_budget: how many epochs fit in the minutes the user has, from the speed measured on this machine.
 
 The plan is made once the first steps are timed (the tracing and the pipeline's fill left out),
-while the learning rate is still warming up, and made again with the first evaluation's measured
-time if that comes before the warmup ends: the cosine decay then starts from the plan and ends on
+while the learning rate is still warming up, and made again at each evaluation (its time measured,
+the recent steps' too) while the cosine decay has gone less than REPLAN_UNTIL of its way: the
+learning rate then moves by a few percent at most where the end is moved, and the decay ends on
 time. --epochs stays the most: a budget only ever shortens the schedule. What the budget covers is
 the whole run from the trainer's start: set-up and data conversion (already spent when the plan is
 made), the training steps, every evaluation, and a reserve for the final reports and the export.
@@ -17,6 +18,8 @@ EXPORT_RESERVE_SECONDS = 60.0  # the float32 rebuild, SavedModel, ONNX and the p
 REPORTS_RESERVE_SECONDS = 15.0  # the final weights and plots (besides the pass over the validation images they make)
 CHECKPOINT_SECONDS = 4.0  # the checkpoint written with each evaluation (ResNet50V2 with its optimizer state: ~300 MB)
 TIMED_STEPS = 10  # steps timed (after --speed_warmup_steps) before the first plan
+RECENT_STEPS = 50  # the steps whose median time a plan uses
+REPLAN_UNTIL = 0.25  # evaluations plan again until the cosine decay is this far along
 EVAL_TO_STEP = 1 / 3  # an evaluation image costs about a third of a training image (forward only), before it is measured
 
 
@@ -33,6 +36,11 @@ class Plan:
         return (f"time budget {budget_minutes:g} min: {self.epochs} of {most} epochs fit ({self.seconds_per_step:.2f} s a step "
                 f"measured here, {self.seconds_per_eval:.1f} s an evaluation {evaluation}; the run should end after about "
                 f"{self.expected_seconds / 60:.1f} min)")
+
+
+def decay_progress(step: int, warmup_steps: int, total_steps: int) -> float:
+    """How far along its cosine decay a schedule is at `step` (0 within the warmup, 1 at the end)."""
+    return min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
 
 
 def evaluations_between(done_epochs: int, epochs: int, eval_every: int) -> int:

@@ -17,6 +17,9 @@ from typing import Optional
 import tensorflow as tf
 
 from toolkit import layout
+from toolkit.common.errors import BadInput
+from toolkit.common.logs import log
+from toolkit.common.messages import one_line
 from toolkit.common.scratch import make_scratch_dir
 
 
@@ -36,6 +39,8 @@ class Checkpointer:
     """Saves and restores model, optimizer, global step and epoch; chief-only writes."""
 
     def __init__(self, model_dir: str, is_chief: bool, keep: int, **trackables):
+        self.keep = keep
+        self.damaged = []  # checkpoints restore_latest passed over because they cannot be read
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.checkpoint = tf.train.Checkpoint(step=self.step, epoch=self.epoch, **trackables)
@@ -56,11 +61,47 @@ class Checkpointer:
         return self._read_manager.latest_checkpoint
 
     def restore_latest(self) -> Optional[str]:
-        """Restore the newest checkpoint if there is one; returns its path."""
-        path = self.latest
-        if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        return path
+        """Restore the newest checkpoint that can be read; returns its path (None: there is none).
+
+        A checkpoint that cannot be read (a node that died mid-write, a disk error) is passed over
+        with one line and the one before it is tried, so a damaged checkpoint never ends a run that
+        has a good one; every worker reads the same files and so makes the same choice, and
+        `set_aside_damaged` moves the passed-over ones out of the way once they agreed.
+
+        Raises:
+          BadInput: checkpoints exist and not one can be read (one line naming the folder and --fresh).
+        """
+        candidates = [p for p in reversed(self._read_manager.checkpoints) if os.path.exists(p + ".index")]
+        self.damaged = []
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (IndexError, DataLossError, ...)
+                self.damaged.append(path)
+                log(f"checkpoint {os.path.basename(path)} in {self.directory} cannot be read ({one_line(e)[:200]}); "
+                    "trying the one before it")
+        if candidates:
+            raise BadInput(f"--model_dir: not one checkpoint in {self.directory} can be read "
+                           f"({', '.join(os.path.basename(p) for p in self.damaged)}); --fresh starts anew")
+        return None
+
+    def set_aside_damaged(self) -> Optional[str]:
+        """The chief moves the checkpoints restore_latest passed over into checkpoints/damaged-<time>/
+        (never deleted) and rewrites the checkpoint index without them; returns that folder."""
+        if not self.damaged or not self.is_chief:
+            return None
+        dest = os.path.join(self.directory, time.strftime(layout.DAMAGED_CHECKPOINTS))
+        os.makedirs(dest, exist_ok=True)
+        for prefix in self.damaged:
+            for path in tf.io.gfile.glob(prefix + ".*"):
+                os.replace(path, os.path.join(dest, os.path.basename(path)))
+        kept = [os.path.basename(p) for p in self.manager.checkpoints if p not in self.damaged]  # relative, as the manager writes them
+        tf.compat.v1.train.update_checkpoint_state(self.directory, kept[-1] if kept else "", all_model_checkpoint_paths=kept)
+        self.manager = self._read_manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
+        log(f"set the unreadable checkpoints aside in {dest}")
+        self.damaged = []
+        return dest
 
     def save(self) -> str:
         return self.manager.save(checkpoint_number=int(self.step.numpy()))

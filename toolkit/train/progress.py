@@ -52,9 +52,11 @@ class Speedometer:
         """How many steps the rate is measured over (the warmup steps left out)."""
         return len(self.durations) - self.warmup if len(self.durations) > self.warmup else 0
 
-    def seconds_per_step(self) -> float:
-        timed = self._timed()
-        return sum(timed) / len(timed) if timed else 0.0
+    def seconds_per_step(self, recent: int = 0) -> float:
+        """The median time of the timed steps (the `recent` last ones, when given): what a step costs
+        now (a first epoch that fills a cache, or a slow moment, pulls a mean away from it)."""
+        timed = self._timed()[-recent:] if recent else self._timed()
+        return float(np.median(timed)) if timed else 0.0
 
 
 class ProgressLine:

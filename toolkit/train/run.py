@@ -96,8 +96,8 @@ def fit(session: Session) -> dict:
             if evaluated:
                 last = _evaluate(s, step, epoch, metrics)
                 evaluations.append(last)
-                if s.plan and not s.plan["eval_measured"] and step <= s.warmup_steps:  # still warming up: plan again
-                    _plan_the_budget(s, step, speed, progress, last["eval_seconds"])
+                if s.plan and budget.decay_progress(step, s.warmup_steps, s.total_steps) < budget.REPLAN_UNTIL:
+                    _plan_the_budget(s, step, speed, progress, last["eval_seconds"])  # measured: plan again
             # with the evaluations, not every epoch: an epoch of a small dataset can take less time than
             # writing ResNet50's checkpoint (weights, EMA and optimizer state: 377 MB)
             if evaluated or step % t.checkpoint_every == 0:
@@ -119,14 +119,15 @@ def _plan_the_budget(s: Session, step: int, speed: Speedometer, progress: Progre
     """--time_budget: cut the epochs to what fits, from the speed measured here (every worker agrees:
     each plans, and the fewest epochs win)."""
     t = s.config.train
-    per_step = speed.seconds_per_step()
+    per_step = speed.seconds_per_step(budget.RECENT_STEPS)
+    measured = eval_seconds is not None
     if eval_seconds is None:
         eval_seconds = budget.estimated_eval_seconds(s.info.counts.get("val", 0), s.data.batch_size, per_step,
                                                      2 if s.ema_model is not None else 1)
     reserve = budget.reserve_seconds(eval_seconds, s.config.export.export)
     eval_seconds += budget.CHECKPOINT_SECONDS  # each evaluation also writes a checkpoint
     plan = budget.plan(t.time_budget * 60, time.time() - s.began, step, s.steps_per_epoch, t.epochs, t.eval_every,
-                       per_step, eval_seconds, reserve, eval_measured=s.plan is not None)
+                       per_step, eval_seconds, reserve, eval_measured=measured)
     epochs = plan.epochs
     if s.runtime.num_workers > 1:
         epochs = min(distribute.gather_from_workers(s.runtime.strategy, epochs))

@@ -99,6 +99,7 @@ def setup(config: Config) -> Session:
     ema_model = trainer.ema.average if trainer.ema else None
     restored = None if config.train.fresh else checkpointer.restore_latest()
     start_step = _agreed_start(rt, checkpointer, config.train.model_dir)
+    checkpointer.set_aside_damaged()  # the chief, once every worker agreed on where to resume
     recorded_plan = _recorded_plan(config, restored)
     if rt.is_chief:
         layout.save_run_record(config.train.model_dir, facts)
