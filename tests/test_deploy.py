@@ -143,7 +143,7 @@ def test_the_gate_fails_when_the_tflite_model_disagrees(model, tmp_path, monkeyp
         return dataclasses.replace(loaded, outputs=off)
 
     monkeypatch.setattr(runtimes, "_load_tflite", shifted)
-    result = verify.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    result = verify.verify_export(str(copy), model_dir=model.model_dir, parity_images=8, log=lambda _: None)
     report = result["parity"]
     assert not result["passed"] and report["failures"] and all("tflite" in line for line in report["failures"])
     assert report["pairs"]["keras vs onnx"]["passed"] and not report["pairs"]["keras vs tflite"]["passed"]

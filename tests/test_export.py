@@ -181,6 +181,30 @@ def test_export_writes_every_artifact_and_passes(exported):
     assert any(line.startswith("export: passed") for line in exported.lines)
 
 
+def test_an_export_names_the_run_and_data_by_folder_name_and_the_paths_stay_with_the_run(exported):
+    """Nothing that travels with the model names the training machine's folders; provenance.json,
+    in the run directory, keeps them for the owner."""
+    model_dir = os.path.abspath(exported.model_dir)
+    machine_paths = {model_dir.encode(), os.path.dirname(model_dir).encode()}
+    for directory, _, files in os.walk(exported.result["export_dir"]):
+        for f in files:
+            data = open(os.path.join(directory, f), "rb").read()
+            assert not [p for p in machine_paths if p in data], os.path.join(directory, f)
+    record = json.load(open(exported.result["paths"]["export_record"]))
+    assert record["model_dir"] == os.path.basename(model_dir) and record["weights"] == "model.weights.h5"
+    assert "/" not in record["data"]["data_dir"] and record["data"]["splits"]["val"]["count"] > 0
+    provenance = json.load(open(os.path.join(model_dir, "provenance.json")))["exports"][exported.result["export_dir"]]
+    assert provenance["model_dir"] == model_dir and provenance["weights"] == os.path.join(model_dir, "model.weights.h5")
+    assert os.path.isabs(provenance["data_dir"])
+
+
+def test_a_copied_export_is_checked_again_with_model_dir_named(exported, tmp_path):
+    copy = tmp_path / "elsewhere" / "export"
+    _copy_without_variants(exported, copy)
+    with pytest.raises(exporting.ExportError, match=r"^--model_dir: .* pass --model_dir$"):
+        verify.verify_export(str(copy), parity_images=4, log=lambda _: None)
+
+
 @pytest.mark.slow
 def test_parity_report_covers_every_pair_on_validation_and_random_batches(exported):
     report = json.load(open(exported.result["paths"]["parity"]))
@@ -267,7 +291,7 @@ def test_the_gate_fails_when_only_the_unoptimized_session_disagrees(exported, tm
         return session, off
 
     monkeypatch.setattr(runtimes, "onnx_session", builder)
-    result = verify.verify_export(str(copy), parity_images=8, log=lambda _: None)
+    result = verify.verify_export(str(copy), model_dir=exported.model_dir, parity_images=8, log=lambda _: None)
     assert sorted(levels) == ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"]
     report = result["parity"]
     assert not result["passed"] and not report["passed"]
@@ -404,7 +428,7 @@ def test_a_corrupted_onnx_weight_fails_the_gate_with_exit_4(exported, tmp_path):
     # the command itself, on the shallow network the `exported` fixture trained (one block per stage)
     code = ("import sys; from toolkit.models import resnet_v2; resnet_v2.STAGES[50] = (1, 1, 1, 1); "
             "from toolkit import parity; sys.argv[0] = 'toolkit.parity'; parity.run_main()")
-    proc = subprocess.run([sys.executable, "-c", code, f"--export_dir={copy}", "--parity_images=8"],
+    proc = subprocess.run([sys.executable, "-c", code, f"--export_dir={copy}", f"--model_dir={exported.model_dir}", "--parity_images=8"],
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert proc.returncode == 4, proc.stderr[-2000:]  # the trainer's code for a failed gate too
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: parity gate FAILED for {copy}: ")

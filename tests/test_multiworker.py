@@ -367,3 +367,58 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert proc.returncode == 1, proc.stderr
     assert "FAILED: worker 1" in proc.stderr and "killed by signal KILL" in proc.stderr, proc.stderr
     assert "FAILED: worker 0" not in proc.stderr
+
+
+def _two_workers(tmp_path, name, flags, env):
+    """Start the two workers of a localhost job; returns (processes, log paths)."""
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    procs, paths = [], []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        paths.append(tmp_path / f"{name}-worker-{i}.log")
+        with open(paths[-1], "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "toolkit.train", *flags], stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=ROOT, env={**env, "TF_CONFIG": tf_config, "TMPDIR": str(tmp_path / "tmp")}))
+    return procs, paths
+
+
+def _finish(procs, timeout=600):
+    try:
+        for proc in procs:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [proc.returncode for proc in procs]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_saves_the_same_step_on_both_and_the_job_resumes_bit_identical(tmp_path):
+    """A scheduler preempts worker 1 only: both workers save the same step together and exit 8; the
+    same command on both resumes there and ends with the weights of a job never stopped."""
+    from toolkit.data import sources
+
+    data = sources.write_demo_dataset(str(tmp_path / "data"), train_count=96, val_count=8, image_size=40, num_shards=4)
+    (tmp_path / "tmp").mkdir()
+    common = [f"--data_dir={data}", *FLAGS, "--steps_per_epoch=10", "--checkpoint_every=100"]
+    straight, straight_logs = _two_workers(tmp_path, "straight", [*common, f"--model_dir={tmp_path / 'straight'}"], ONEDNN_ON)
+    assert _finish(straight) == [0, 0], _read(straight_logs[0])[-3000:]
+    expected = _digest(_read(straight_logs[0]))
+
+    flags = [*common, f"--model_dir={tmp_path / 'stopped'}"]
+    procs, logs = _two_workers(tmp_path, "stopped", flags, ONEDNN_ON)
+    _wait_for(lambda: re.search(r"step 3/", _read(logs[1])), 600, procs[1], "worker 1 trained three steps")
+    procs[1].send_signal(signal.SIGTERM)
+    assert _finish(procs, timeout=120) == [8, 8], _read(logs[0])[-3000:] + _read(logs[1])[-3000:]
+    saved = []
+    for path in logs:
+        lines = [line for line in _read(path).splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and lines[0].startswith("error: SIGTERM: saved checkpoint ckpt-"), _read(path)[-3000:]
+        saved.append(int(lines[0].split("ckpt-")[1].split()[0]))
+    assert saved[0] == saved[1] and 3 <= saved[0] < 10 and _latest_checkpoint_step(tmp_path / "stopped") == saved[0]
+
+    again, again_logs = _two_workers(tmp_path, "resumed", flags, ONEDNN_ON)
+    assert _finish(again) == [0, 0], _read(again_logs[0])[-3000:]
+    assert f"at step {saved[0]}" in _read(again_logs[0])
+    assert _digest(_read(again_logs[0])) == _digest(_read(again_logs[1])) == expected

@@ -59,3 +59,55 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert a.keys() == b.keys() and len(a) > 100
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+STOP_FLAGS = ["--epochs=2", "--steps_per_epoch=6", "--checkpoint_every=100", "--deterministic", "--seed=7", "--log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_data):
+    model_dir = tmp_path_factory.mktemp("straight")
+    proc = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_weights(model_dir / "model.weights.h5")
+
+
+def _train_steps_logged(model_dir):
+    import json
+
+    path = model_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if '"train"' in line]
+    return max(steps, default=0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_step_exits_8_and_the_same_command_ends_bit_identical(tmp_path, demo_data, uninterrupted, sig):
+    """Preemption (SIGTERM) or Ctrl-C (SIGINT) mid-epoch: the step finishes, its checkpoint is written,
+    one line says so, exit code 8; the same command resumes there and ends as if never stopped."""
+    from toolkit.common.errors import ExitCode
+
+    model_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.train", f"--model_dir={model_dir}", *FLAGS, f"--data_dir={demo_data}",
+                             *STOP_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONEDNN_ON, cwd=ROOT)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and _train_steps_logged(model_dir) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.STOPPED, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {signal.Signals(sig).name}: saved checkpoint ckpt-"), err[-3000:]
+    saved = int(lines[0].split("ckpt-")[1].split()[0])
+    assert 2 <= saved < 12 and saved != 6 and "Traceback" not in err  # mid-epoch, not an epoch-end checkpoint
+    assert (model_dir / "checkpoints" / f"ckpt-{saved}.index").exists()
+
+    resumed = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {saved}" in resumed.stdout
+    b = read_weights(model_dir / "model.weights.h5")
+    assert uninterrupted.keys() == b.keys()
+    for name in uninterrupted:
+        np.testing.assert_array_equal(uninterrupted[name], b[name], err_msg=name)

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from toolkit.common.errors import ExitCode, ToolkitError, describe_exit_codes
+from toolkit.common.errors import ExitCode, ToolkitError, describe_exit_codes, disk_full
 from toolkit.common.scratch import exit_now
 from toolkit.common.startup import quiet_tensorflow_startup
 
@@ -145,7 +145,15 @@ def run(doc: str, sections: Sequence[type], main: Callable, positional: bool = F
             sys.exit(ExitCode.BAD_INPUT)
         quiet_tensorflow_logs(fv["verbosity"].present)
         try:
-            main(argv[1:])
+            try:
+                main(argv[1:])
+            except ToolkitError:
+                raise
+            except Exception as e:  # a full disk is the user's to fix, not a bug: one line, its own code
+                full = disk_full(e)
+                if full is None:
+                    raise
+                raise full from e
         except ToolkitError as e:
             from toolkit.common.messages import one_line
 

@@ -308,7 +308,7 @@ class ParityConfig:
     """What `python -m toolkit.parity` checks again."""
 
     export_dir: str = _opt("", "The export to check again (the directory holding export.json).")
-    model_dir: str = _opt("", "The training directory to compare with; empty: the one export.json names.")
+    model_dir: str = _opt("", "The training directory to compare with; empty: the one the export sits in (<model_dir>/export).")
     data_dir: str = _opt("", "Where the validation images are; empty: the run's own data.")
     parity_images: int = _opt(0, "Validation images compared; 0: all.")
     parity_atol: float = _opt(1e-4, "Largest allowed absolute difference of probabilities between formats.")

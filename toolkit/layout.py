@@ -12,6 +12,7 @@ A training directory (--model_dir):
   data/              an image folder given as --data_dir, converted once to shards
   demo_data/         the built-in demo dataset (no --data_dir)
   export/            the export (unless --export_dir says otherwise)
+  provenance.json    each export's absolute paths (the export itself names the run and data by folder name only)
   previous-<time>/   an earlier run set aside by --fresh
   checkpoints/damaged-<time>/   checkpoints that could not be read, set aside (a resume used an older one)
 An export directory: see EXPORT_FILES; a converted dataset: shards, labels.txt, manifest.json; an
@@ -43,6 +44,7 @@ CONFUSION_JSON = "confusion_matrix.json"
 CONVERTED_DATA = "data"
 DEMO_DATA = "demo_data"
 EXPORT = "export"
+PROVENANCE = "provenance.json"  # where each export of the run went, from which files: absolute paths, for the owner
 PREVIOUS_RUN = "previous-%Y%m%d-%H%M%S"  # time.strftime pattern
 DAMAGED_CHECKPOINTS = "damaged-%Y%m%d-%H%M%S"  # inside checkpoints/: those that could not be read
 # what --fresh sets aside: the parts of a run that would make the new one resume or mix with it

@@ -20,6 +20,8 @@ class ExitCode(enum.IntEnum):
     PARITY_FAILED = 4  # the exported formats disagree; the artifacts are kept, marked failed in export.json
     WORKER_LOST = 5  # multi-worker: a worker was lost; run the same command on every worker again to resume
     NOTHING_SCORED = 6  # evaluation or batch inference: not one input could be scored (the reasons are in the output)
+    DISK_FULL = 7  # no space left where a file was being written: nothing half-written is left; free space, run again
+    STOPPED = 8  # SIGTERM or SIGINT (preemption, Ctrl-C): a checkpoint was saved; the same command resumes
 
 
 def describe_exit_codes() -> str:
@@ -32,6 +34,8 @@ def describe_exit_codes() -> str:
         ExitCode.PARITY_FAILED: "the exported formats disagree (parity gate failed)",
         ExitCode.WORKER_LOST: "multi-worker: a worker was lost (run the same command again on every worker)",
         ExitCode.NOTHING_SCORED: "no input could be scored",
+        ExitCode.DISK_FULL: "the disk filled up: nothing half-written is left; free space and run the same command again",
+        ExitCode.STOPPED: "stopped by SIGTERM or SIGINT after saving a checkpoint: the same command resumes",
     }
     return "\n".join(f"  {int(code)}  {words[code]}" for code in ExitCode)
 
@@ -68,6 +72,25 @@ class WorkerLost(ToolkitError, RuntimeError):
     """A worker of a multi-worker job was lost."""
 
     exit_code = ExitCode.WORKER_LOST
+
+
+class DiskFull(ToolkitError, OSError):
+    """No space left where a file was being written; what was written before is intact."""
+
+    exit_code = ExitCode.DISK_FULL
+
+
+def disk_full(error: BaseException, what: str = "") -> "DiskFull | None":
+    """A DiskFull naming the file for an error that says the disk is full (OSError ENOSPC, or
+    TensorFlow's ResourceExhaustedError from a file write); None for any other error."""
+    import errno
+
+    message = getattr(error, "message", None) or str(error)
+    if not (isinstance(error, OSError) and error.errno == errno.ENOSPC) and "No space left on device" not in message:
+        return None
+    where = what or getattr(error, "filename", None) or "a file"
+    return DiskFull(f"no space left on the disk while writing {where}; free space (the earlier files are intact, the "
+                    "half-written ones removed) and run the same command again")
 
 
 class NothingScored(ToolkitError, RuntimeError):

@@ -97,13 +97,34 @@ def write_model_card(export_dir: str, export_record: dict, model_dir: str) -> No
 
 
 def data_facts(info) -> dict:
-    """The dataset of the run for export.json: source and counts per split and class (from its manifest)."""
+    """The dataset of the run for export.json: its folder's name, its source's, and counts per split
+    and class (from its manifest). Names, not the training machine's paths: the export travels."""
     splits = info.manifest.get("splits", {})
+    source = info.manifest.get("source")
     return {
-        "data_dir": info.data_dir,
-        "source": info.manifest.get("source"),
+        "data_dir": folder_name(info.data_dir),
+        "source": folder_name(source) if isinstance(source, str) and os.sep in source else source,
         "splits": {split: {"count": s.get("count", 0), "per_class": s.get("per_class", {})} for split, s in splits.items()},
     }
+
+
+def folder_name(path: str) -> str:
+    """The last part of a path: how a file that travels with the model names a folder of the training machine."""
+    return os.path.basename(os.path.normpath(path)) if path else path
+
+
+def write_provenance(model_dir: str, export_dir: str, source: str, data_dir: str, log) -> None:
+    """<model_dir>/provenance.json gains this export's absolute paths (export dir, run, weights, data):
+    the full record stays with the run, on the owner's side."""
+    path = os.path.join(model_dir, layout.PROVENANCE)
+    known = layout.read_json(path) or {}
+    exports = known.get("exports", {}) if isinstance(known, dict) else {}
+    exports[os.path.abspath(export_dir)] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_dir": os.path.abspath(model_dir),
+                                            "weights": os.path.abspath(source), "data_dir": os.path.abspath(data_dir)}
+    try:
+        atomic.write_json(path, {"exports": exports})
+    except OSError as e:  # a run directory the exporter may only read: the export itself is complete
+        log(f"export: could not record the export's paths in {path} ({e.strerror or e})")
 
 
 def format_files(paths: dict) -> dict:

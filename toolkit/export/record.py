@@ -38,8 +38,9 @@ def export_record(model_dir: str, source: str, record: dict, config: ExportConfi
     size, names = record["image_size"], list(record["class_names"])
     return set_status({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_dir": os.path.abspath(model_dir),
-        "weights": os.path.abspath(source),
+        # names, not the training machine's paths (the export travels); the paths: <model_dir>/provenance.json
+        "model_dir": os.path.basename(os.path.abspath(model_dir)),
+        "weights": os.path.relpath(os.path.abspath(source), os.path.abspath(model_dir)),
         "weights_kind": "ema" if record.get("ema") else "raw",  # the moving average (--ema_decay) or the raw weights
         "toolkit_version": toolkit.__version__,
         "trained_with_toolkit_version": record.get("toolkit_version"),
@@ -55,7 +56,8 @@ def export_record(model_dir: str, source: str, record: dict, config: ExportConfi
         "tflite": {"signature": "serving_default", "input": "images", "outputs": ["probabilities", "logits"]} if config.tflite or config.tflite_int8 else None,
         "artifacts": {"saved_model": layout.SAVED_MODEL, **{k: os.path.basename(p) for k, p in paths.items()}, "labels": layout.LABELS, "parity": layout.PARITY_REPORT},
         "formats": export_gate.format_results(report, deploy.format_files(paths)),
-        "config": dataclasses.asdict(config),
+        "config": {**dataclasses.asdict(config), "export_dir": os.path.basename(os.path.normpath(config.export_dir))
+                   if config.export_dir else ""},
         "seconds": seconds,
     }, report)
 

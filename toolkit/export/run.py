@@ -97,6 +97,7 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
         deploy.write_after_gate(tmp, export_record, config, model_dir)
         seconds["total"] = _lap(start)
         atomic.write_json(os.path.join(tmp, layout.EXPORT_RECORD), export_record)
+    deploy.write_provenance(model_dir, target, source, info.data_dir, log)
     result = result_of(target, export_record, report)
     for line in parity_gate.summary_lines(report):
         log(line)

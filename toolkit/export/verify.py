@@ -18,13 +18,24 @@ from toolkit.export.rebuild import read_run, rebuild_float32, run_data
 from toolkit.export.record import ExportError, check_settings, result, set_status
 
 
+def _run_beside(export_dir: str, export_record: dict) -> str:
+    """The training directory an export sits in (the default place: <model_dir>/export); the export
+    names its run by folder name only, so one copied elsewhere needs --model_dir."""
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    if layout.has_run_record(parent):
+        return parent
+    raise ExportError(f"--model_dir: {export_dir} was exported from the run {export_record.get('model_dir', '?')!r} (named, "
+                      f"not located: exports carry no paths of the training machine) and its parent folder holds no "
+                      f"{layout.RUN_RECORD}; pass --model_dir")
+
+
 def verify_export(export_dir: str, model_dir: str | None = None, parity_images: int = 0, atol: float = 1e-4,
                   data_dir: str | None = None, log=print) -> dict:
     """Re-run the parity gate on an existing export; rewrites its parity.json and export.json status.
 
     Args:
       export_dir: an export written by `export_model` (possibly copied elsewhere since).
-      model_dir: the training directory to compare with; None: the one export.json names.
+      model_dir: the training directory to compare with; None: the one the export sits in (<model_dir>/export).
       parity_images: validation images compared (0: all).
       atol: the largest absolute difference of probabilities allowed.
       data_dir: overrides the run's data (where the validation images are).
@@ -48,7 +59,7 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
     for needed in (os.path.join(export_dir, layout.SAVED_MODEL), *paths.values()):
         if not os.path.exists(needed):
             raise ExportError(f"--export_dir: {needed} is missing; is {export_dir} a complete export?")
-    model_dir = model_dir or export_record.get("model_dir", "")
+    model_dir = model_dir or _run_beside(export_dir, export_record)
     record = read_run(model_dir)
     info = run_data(record, data_dir)
     model, _ = rebuild_float32(model_dir, record)

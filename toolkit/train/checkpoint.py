@@ -17,7 +17,7 @@ from typing import Optional
 import tensorflow as tf
 
 from toolkit import layout
-from toolkit.common.errors import BadInput
+from toolkit.common.errors import BadInput, disk_full
 from toolkit.common.logs import log
 from toolkit.common.messages import one_line
 from toolkit.common.scratch import make_scratch_dir
@@ -104,7 +104,31 @@ class Checkpointer:
         return dest
 
     def save(self) -> str:
-        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+        """Write a checkpoint of the current step; on a full disk the half-written one is removed and
+        DiskFull says how much space a checkpoint takes (the earlier checkpoints are intact)."""
+        number = int(self.step.numpy())
+        try:
+            return self.manager.save(checkpoint_number=number)
+        except (tf.errors.ResourceExhaustedError, OSError) as e:
+            self._remove_partial(number)
+            full = disk_full(e, f"checkpoint ckpt-{number} in {self.directory}{self._size_hint()}")
+            if full is None:
+                raise
+            raise full from e
+
+    def _remove_partial(self, number: int) -> None:
+        """What a failed save left: TensorFlow writes ckpt-N's files under a ckpt-N_temp folder first."""
+        directory = self.directory if self.is_chief else self._scratch
+        for path in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{number}_temp*")):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+    def _size_hint(self) -> str:
+        """", about N MB a checkpoint" from the newest complete one, or "" when there is none."""
+        latest = self._read_manager.latest_checkpoint
+        if not latest:
+            return ""
+        size = sum(os.path.getsize(p) for p in tf.io.gfile.glob(latest + ".*"))
+        return f" (about {size / 1e6:.0f} MB a checkpoint)"
 
     def close(self) -> None:
         if self._scratch:

@@ -107,9 +107,20 @@ class MetricsLog:
     def write(self, record: dict, kind: str) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        end = os.fstat(self._file.fileno()).st_size
+        try:
+            self._file.write(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:  # a full disk: no half line may stay for the next reader
+            failed, self._file = self._file, None
+            try:
+                failed.close()  # the flush fails again, the descriptor is closed all the same
+            except OSError:
+                pass
+            os.truncate(self._path, end)
+            self._file = open(self._path, "a", buffering=1)
+            raise
         writer = self._writers.get(kind)
         if writer is None:
             writer = self._writers[kind] = tf.summary.create_file_writer(os.path.join(self._tb_root, kind))

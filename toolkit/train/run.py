@@ -11,12 +11,14 @@ write nothing there.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Optional
 
 import numpy as np
 
 from toolkit.train import budget, distribute
+from toolkit.train import stop as stop_lib
 from toolkit.common import machine
 from toolkit.train import outputs
 from toolkit.config import Config, parse_train_sizes
@@ -67,6 +69,10 @@ def fit(session: Session) -> dict:
     watch = _watch_chief(s)
     planning = bool(t.time_budget) and s.plan is None  # --time_budget, not yet planned (a resume keeps its plan)
     epoch = step // s.steps_per_epoch
+    stop = stop_lib.StopRequest().__enter__()  # SIGTERM / SIGINT: recorded, honoured between steps
+    # --deterministic on several replicas: BatchNorm's statistics agree after every call, so that a stop
+    # at any step (its checkpoint synchronizes them) changes no bit of the run; one small all-reduce a call
+    sync_every_call = s.config.data.deterministic and s.runtime.num_replicas > 1
     try:
         while epoch < s.epochs:
             s.checkpointer.epoch.assign(epoch)
@@ -82,6 +88,9 @@ def fit(session: Session) -> dict:
                     progress.add(float(loss), float(hit))
                 step += n
                 s.checkpointer.step.assign(step)
+                if sync_every_call:
+                    s.trainer.sync_batchnorm_statistics()
+                _stop_if_asked(s, stop, step)
                 if planning and (speed.timed_steps() >= budget.TIMED_STEPS or step == epoch_end):
                     planning = False
                     _plan_the_budget(s, step, speed, progress)
@@ -107,11 +116,23 @@ def fit(session: Session) -> dict:
         if not last:  # resumed a run that ended before its summary: evaluate once to complete it
             last = _evaluate(s, step, s.epochs - 1, metrics)
     finally:
+        stop.__exit__()
         metrics.close()
         if watch:
             watch.stop()  # the last collective is done: the chief may now leave
     return {"evaluations": evaluations, "last": last, "steps": step, "images_per_sec": speed.rate(),
             "seconds": time.time() - started}
+
+
+def _stop_if_asked(s: Session, stop: stop_lib.StopRequest, step: int) -> None:
+    """After a signal (on any worker): every worker saves this step's checkpoint, then Stopped."""
+    signum = stop.agreed(s.runtime)
+    if not signum:
+        return
+    s.trainer.sync_batchnorm_statistics()
+    path = s.checkpointer.save()
+    raise stop_lib.Stopped(f"{stop_lib.name(signum)}: saved checkpoint {os.path.basename(path)} at step {step} of "
+                           f"{s.total_steps} in {s.checkpointer.directory}; the same command resumes from it")
 
 
 def _plan_the_budget(s: Session, step: int, speed: Speedometer, progress: ProgressLine,
