@@ -102,3 +102,30 @@ def test_a_metrics_line_that_does_not_fit_leaves_no_half_line(small_disk):
     lines = (small_disk / "metrics.jsonl").read_text().splitlines(keepends=True)
     assert len(lines) == 1 and lines[0].endswith("\n") and json.loads(lines[0])["step"] == 1
     metrics.close()
+
+
+@pytest.mark.parametrize("writer", ["write_text", "write_with", "directory"])
+def test_every_atomic_writer_names_the_file_on_a_full_disk_and_keeps_the_old_one(small_disk, writer):
+    """Summaries, reports, run.json, prediction files (write_text), weights, ONNX, shards
+    (write_with) and exports (directory) all go through toolkit.common.atomic."""
+    from toolkit.common import atomic
+    from toolkit.common.errors import DiskFull
+
+    target = small_disk / "summary.json"
+    target.write_text("the earlier one\n")
+    (small_disk / "export").mkdir()
+    (small_disk / "export" / "model.onnx").write_text("the earlier export\n")
+    fill(small_disk, leave_mb=0)
+    big = "x" * (4 * 2**20)
+    with pytest.raises(DiskFull) as info:
+        if writer == "write_text":
+            atomic.write_text(str(target), big)
+        elif writer == "write_with":
+            atomic.write_with(str(target), lambda tmp: open(tmp, "w").write(big))
+        else:
+            with atomic.directory(str(small_disk / "export")) as tmp:
+                open(os.path.join(tmp, "model.onnx"), "w").write(big)
+    where = small_disk / ("export" if writer == "directory" else "summary.json")
+    assert str(info.value).startswith(f"no space left on the disk while writing {where}") and "\n" not in str(info.value)
+    assert target.read_text() == "the earlier one\n" and (small_disk / "export" / "model.onnx").read_text() == "the earlier export\n"
+    assert leftovers(small_disk) == []

@@ -17,6 +17,8 @@ import secrets
 import shutil
 from typing import Callable, Iterator, TypeVar
 
+from toolkit.common.errors import DiskFull, disk_full
+
 T = TypeVar("T")
 
 
@@ -54,13 +56,15 @@ class AtomicFile:
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            _raise_disk_full(e, self.path)
             raise
 
     def abort(self) -> None:
         """Close and remove the temporary file; `path` keeps what it held before."""
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush: the file goes all the same
+            self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp)
 
@@ -72,6 +76,7 @@ class AtomicFile:
             self.commit()
         else:
             self.abort()
+            _raise_disk_full(value, self.path)
         return False
 
 
@@ -103,6 +108,9 @@ def write_with(path: str, write: Callable[[str], T]) -> T:
         result = write(tmp)
         publish(tmp, path)
         return result
+    except Exception as e:
+        _raise_disk_full(e, path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -130,8 +138,20 @@ def directory(path: str) -> Iterator[str]:
     try:
         yield tmp
         _replace_directory(tmp, path)
+    except Exception as e:
+        _raise_disk_full(e, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _raise_disk_full(error: BaseException, path: str) -> None:
+    """A full disk while writing `path` (its temporary name already removed): DiskFull naming it."""
+    if isinstance(error, DiskFull):
+        return
+    full = disk_full(error, path)
+    if full is not None:
+        raise full from error
 
 
 def _replace_directory(tmp: str, path: str) -> None:
