@@ -95,7 +95,8 @@ def tiny_export(tmp_path_factory) -> types.SimpleNamespace:
         "toolkit_version": "0.1.0", "num_classes": len(CLASSES), "class_names": CLASSES, "image_size": SIZE,
         "depth": 50, "data_dir": data_dir, "precision": "fp32", "config": Config().to_dict(),
     })
-    result = exporting.export_model(model_dir, ExportConfig(parity_images=8, tflite=True, triton_repo="triton"), log=lambda _: None)
+    result = exporting.export_model(model_dir, ExportConfig(parity_images=8, tflite=True, triton_repo="triton",
+                                                                triton_savedmodel=True), log=lambda _: None)
     assert result["passed"], result["failures"]
     _CACHE["export"] = types.SimpleNamespace(
         dir=result["export_dir"], onnx=result["paths"]["onnx"], saved_model=os.path.join(result["export_dir"], "saved_model"),

@@ -77,6 +77,19 @@ def test_the_triton_configs_parse_and_match_the_model_files(model):
     assert set(record["triton"]["models"]) == {"resnet50v2", "resnet50v2_savedmodel"}
 
 
+def test_the_triton_repository_leads_with_onnx_and_holds_the_savedmodel_only_when_asked(model, tmp_path):
+    """Triton's TensorFlow backend is deprecated (25.03): by default the repository is the ONNX model alone."""
+    from toolkit.config import ExportConfig
+    from toolkit.export import triton
+
+    assert ExportConfig().triton_savedmodel is False and "deprecated" in ExportConfig.__dataclass_fields__["triton_savedmodel"].metadata["help"]
+    labels = os.path.join(model.dir, "labels.txt")
+    only_onnx = triton.write_repository(str(tmp_path / "a"), "resnet50v2", model.onnx, None, labels, 8)
+    assert sorted(os.listdir(tmp_path / "a")) == ["resnet50v2"] and only_onnx["resnet50v2"]["platform"] == "onnxruntime_onnx"
+    both = triton.write_repository(str(tmp_path / "b"), "resnet50v2", model.onnx, model.saved_model, labels, 8)
+    assert sorted(both) == ["resnet50v2", "resnet50v2_savedmodel"]
+
+
 def test_a_broken_config_is_refused_by_the_triton_proto():
     mc = model_config_proto()
     with pytest.raises(text_format.ParseError):

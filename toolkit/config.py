@@ -136,8 +136,10 @@ class ExportConfig:
     onnx_int8: bool = _opt(False, "Also write an int8 (static quantization) ONNX model.")
     tflite: bool = _opt(False, "Also write model.tflite (float32, converted from the SavedModel), gated in the LiteRT interpreter.")
     tflite_int8: bool = _opt(False, "Also write model_int8.tflite (int8, calibrated on the ONNX int8 calibration images).")
-    triton_repo: str = _opt("", "Also write a Triton model repository (ONNX + SavedModel) at this path inside the export "
-                                "dir, e.g. triton; empty: none.")
+    triton_repo: str = _opt("", "Also write a Triton model repository (the ONNX model, for Triton's onnxruntime backend) at "
+                                "this path inside the export dir, e.g. triton; empty: none.")
+    triton_savedmodel: bool = _opt(False, "Also put the SavedModel in the Triton repository (<name>_savedmodel). Triton's "
+                                          "TensorFlow backend is deprecated since release 25.03: prefer the ONNX model.")
     triton_max_batch_size: int = _opt(32, "max_batch_size of the Triton models (dynamic batching up to it).")
 
 

@@ -72,9 +72,9 @@ def write_after_gate(tmp: str, export_record: dict, config: ExportConfig, model_
     artifacts = export_record["artifacts"]
     if config.triton_repo:
         name = f"resnet{export_record['depth']}v2"
+        saved_model = os.path.join(tmp, artifacts["saved_model"]) if config.triton_savedmodel else None
         models = triton.write_repository(os.path.join(tmp, config.triton_repo), name, os.path.join(tmp, artifacts["onnx"]),
-                                         os.path.join(tmp, artifacts["saved_model"]), os.path.join(tmp, artifacts["labels"]),
-                                         config.triton_max_batch_size)
+                                         saved_model, os.path.join(tmp, artifacts["labels"]), config.triton_max_batch_size)
         artifacts["triton_repo"] = config.triton_repo
         export_record["triton"] = {"repository": config.triton_repo, "max_batch_size": config.triton_max_batch_size,
                                    "dynamic_batching": True, "models": models}

@@ -1,4 +1,5 @@
-"""A Triton Inference Server model repository of an export: the ONNX model and the SavedModel.
+"""A Triton Inference Server model repository of an export: the ONNX model, and the SavedModel on
+request (--triton_savedmodel: Triton's TensorFlow backend is deprecated since release 25.03).
 
   REPO/NAME/config.pbtxt              platform onnxruntime_onnx
   REPO/NAME/labels.txt                the class names (label_filename of `probabilities`)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Optional
 
 from toolkit.common import atomic
 from toolkit import layout
@@ -100,12 +102,14 @@ def refresh_onnx(repo: str, models: dict, onnx_path: str) -> None:
             os.replace(fresh, target)
 
 
-def write_repository(repo: str, name: str, onnx_path: str, saved_model_dir: str, labels_path: str, max_batch_size: int) -> dict:
-    """Write the repository at `repo` (a new directory); returns {model name: {platform, config, model}} (paths relative to repo)."""
-    models = {
-        name: ("onnxruntime_onnx", layout.ONNX, onnx_tensors(onnx_path)),
-        f"{name}_savedmodel": ("tensorflow_savedmodel", "model.savedmodel", saved_model_tensors(saved_model_dir)),
-    }
+def write_repository(repo: str, name: str, onnx_path: str, saved_model_dir: Optional[str], labels_path: str,
+                     max_batch_size: int) -> dict:
+    """Write the repository at `repo` (a new directory): the ONNX model as `name`, and with
+    `saved_model_dir` the SavedModel as `name`_savedmodel (Triton's TensorFlow backend is deprecated
+    since 25.03). Returns {model name: {platform, config, model}} (paths relative to repo)."""
+    models = {name: ("onnxruntime_onnx", layout.ONNX, onnx_tensors(onnx_path))}
+    if saved_model_dir:
+        models[f"{name}_savedmodel"] = ("tensorflow_savedmodel", "model.savedmodel", saved_model_tensors(saved_model_dir))
     written = {}
     for model_name, (platform, filename, (inputs, outputs)) in models.items():
         version_dir = os.path.join(repo, model_name, layout.TRITON_VERSION)
