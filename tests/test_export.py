@@ -476,7 +476,9 @@ def test_a_crash_mid_export_leaves_the_earlier_export_alone(exported, tmp_path, 
         raise OSError("No space left on device")
 
     monkeypatch.setattr(exporting.serving.ServingModule, "save", crash)
-    with pytest.raises(OSError, match="No space"):
+    from toolkit.common.errors import DiskFull
+
+    with pytest.raises(DiskFull, match=f"^no space left on the disk while writing {target};"):  # the export names itself
         exporting.export_model(exported.model_dir, ExportConfig(export_dir=str(target)), log=lambda _: None)
     assert os.listdir(tmp_path) == ["deploy"] and os.listdir(target) == ["export.json"]
 
