@@ -5,8 +5,8 @@ Each command (`python -m toolkit.train`, `toolkit.export`, `toolkit.parity`, `to
 `toolkit.infer`, `toolkit.data.convert`) is a thin module whose `run_main()` calls `run(doc,
 sections, main)`: the fields of the config dataclasses in `sections` become its flags (same
 names, defaults and help), a flag error (unknown, malformed, a value out of range) ends with one
-line and exit code 2, the parsed flags become frozen config objects once, and `main(configs,
-args)` calls the library. A `toolkit.common.errors.ToolkitError` the library raises ends the
+line and exit code 2, and `main(argv)` turns the parsed flags into frozen config objects once and
+calls the library. A `toolkit.common.errors.ToolkitError` the library raises ends the
 command with one line on stderr and its exit code; anything else is a bug and shows its traceback
 (exit code 1). `--help` prints what the command does, its flags and its exit codes.
 Library code never imports this module.
@@ -20,6 +20,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from toolkit.common.errors import ExitCode, ToolkitError, describe_exit_codes, disk_full
+from toolkit.common.logs import error
 from toolkit.common.scratch import exit_now
 from toolkit.common.startup import quiet_tensorflow_startup
 
@@ -89,11 +90,6 @@ def quiet_tensorflow_logs(verbosity_given: bool) -> None:
 
     if not verbosity_given:
         absl_logging.set_verbosity(absl_logging.WARNING)
-
-
-def error(message: str) -> None:
-    """One line on stderr, as every command reports an expected failure."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def _parser(fv):
