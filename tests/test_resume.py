@@ -21,9 +21,12 @@ ONEDNN_ON = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "1"}
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses that train
 
 
-def train(model_dir, *flags):
+ONEDNN_OFF = {**ENV, "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def train(model_dir, *flags, env=ONEDNN_ON):
     return subprocess.run([sys.executable, "-m", "toolkit.train", f"--model_dir={model_dir}", *FLAGS, *flags],
-                          capture_output=True, text=True, timeout=600, env=ONEDNN_ON, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, demo_data):
@@ -66,10 +69,19 @@ STOP_FLAGS = ["--epochs=2", "--steps_per_epoch=6", "--checkpoint_every=100", "--
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, demo_data):
-    model_dir = tmp_path_factory.mktemp("straight")
-    proc = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_weights(model_dir / "model.weights.h5")
+    """The final weights of a run never stopped, per oneDNN setting (computed once each)."""
+    done = {}
+
+    def weights(env):
+        key = env["TF_ENABLE_ONEDNN_OPTS"]
+        if key not in done:
+            model_dir = tmp_path_factory.mktemp(f"straight-onednn{key}")
+            proc = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS, env=env)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[key] = read_weights(model_dir / "model.weights.h5")
+        return done[key]
+
+    return weights
 
 
 def _train_steps_logged(model_dir):
@@ -82,15 +94,17 @@ def _train_steps_logged(model_dir):
     return max(steps, default=0)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_saves_the_step_exits_8_and_the_same_command_ends_bit_identical(tmp_path, demo_data, uninterrupted, sig):
+# each signal on one side of oneDNN: the save-and-resume path is proven with both kinds of kernels
+@pytest.mark.parametrize("sig, env", [(signal.SIGTERM, ONEDNN_ON), (signal.SIGINT, ONEDNN_OFF)],
+                         ids=["SIGTERM-onednn-on", "SIGINT-onednn-off"])
+def test_a_signal_saves_the_step_exits_8_and_the_same_command_ends_bit_identical(tmp_path, demo_data, uninterrupted, sig, env):
     """Preemption (SIGTERM) or Ctrl-C (SIGINT) mid-epoch: the step finishes, its checkpoint is written,
     one line says so, exit code 8; the same command resumes there and ends as if never stopped."""
     from toolkit.common.errors import ExitCode
 
     model_dir = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.train", f"--model_dir={model_dir}", *FLAGS, f"--data_dir={demo_data}",
-                             *STOP_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONEDNN_ON, cwd=ROOT)
+                             *STOP_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None and _train_steps_logged(model_dir) < 2:
         time.sleep(0.05)
@@ -104,10 +118,10 @@ def test_a_signal_saves_the_step_exits_8_and_the_same_command_ends_bit_identical
     assert 2 <= saved < 12 and saved != 6 and "Traceback" not in err  # mid-epoch, not an epoch-end checkpoint
     assert (model_dir / "checkpoints" / f"ckpt-{saved}.index").exists()
 
-    resumed = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS)
+    resumed = train(model_dir, f"--data_dir={demo_data}", *STOP_FLAGS, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {saved}" in resumed.stdout
-    b = read_weights(model_dir / "model.weights.h5")
-    assert uninterrupted.keys() == b.keys()
-    for name in uninterrupted:
-        np.testing.assert_array_equal(uninterrupted[name], b[name], err_msg=name)
+    a, b = uninterrupted(env), read_weights(model_dir / "model.weights.h5")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
