@@ -16,6 +16,7 @@ from toolkit.common.errors import BadInput
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
+CLUSTERS = ("auto", "tf_config", "kubernetes", "slurm", "none")  # toolkit.train.cluster reads each
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTHS = (26, 50, 101, 152)
 IMAGENET_DEPTHS = (50, 101, 152)  # the depths Keras publishes ImageNet weights for (models.pretrained.NOTOP_MD5; a test compares)
@@ -114,6 +115,17 @@ class TrainConfig:
     cluster_timeout: int = _opt(900, "Multi-worker (TF_CONFIG): seconds to wait at start-up for every worker to join "
                                      "before giving up (exit code 1, 'Timeout' on stderr); 0 waits forever. A worker "
                                      "lost later stops the others within seconds (exit code 5).")
+    cluster: str = _opt("auto", f"{'|'.join(CLUSTERS)}: where the workers of a multi-worker job are read from: "
+                                "TF_CONFIG (yours, TFJob's, Vertex AI's, Ray's), a Kubernetes Indexed Job or JobSet "
+                                "(JOB_COMPLETION_INDEX), a SLURM srun step (SLURM_*), or none (one machine); auto: "
+                                "the first the environment describes. Logged in one line at start.")
+    cluster_workers: int = _opt(0, "kubernetes: how many workers (0: $TOOLKIT_CLUSTER_WORKERS); with another engine, "
+                                   "the count it must describe (0: any).")
+    cluster_hosts: str = _opt("", "kubernetes: the workers' addresses, '{index}' standing for 0..N-1, e.g. "
+                                  "'train-{index}.train:2222' (empty: $TOOLKIT_CLUSTER_HOSTS, else this pod's own name "
+                                  "<name>-<index>.<subdomain> with its index replaced).")
+    cluster_port: int = _opt(0, "The workers' port where the engine gives none: kubernetes 2222, slurm 8888 (and up, one "
+                                "per task on a node); 0: those.")
     fresh: bool = _opt(False, "Start anew even if model_dir holds checkpoints (the old run is moved to model_dir/previous-*).")
     log_every: int = _opt(20, "Steps between progress lines and metric records.")
     checkpoint_every: int = _opt(500, "Steps between checkpoints (one is also written at each evaluation, see --eval_every).")
@@ -193,6 +205,9 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(t.intra_op_threads >= 0, "intra_op_threads", f"must be zero (auto) or positive, got {t.intra_op_threads}")
     need(t.inter_op_threads >= 0, "inter_op_threads", f"must be zero (auto) or positive, got {t.inter_op_threads}")
     need(t.cpu_replicas >= 1, "cpu_replicas", f"must be at least 1, got {t.cpu_replicas}")
+    need(t.cluster in CLUSTERS, "cluster", f"unknown engine {t.cluster!r}; choose one of {', '.join(CLUSTERS)}")
+    need(t.cluster_workers >= 0 and 0 <= t.cluster_port < 65536, "cluster_workers" if t.cluster_workers < 0 else "cluster_port",
+         f"must be zero (the engine's) or positive, got {min(t.cluster_workers, t.cluster_port)}")
     need(t.cluster_timeout >= 0, "cluster_timeout", f"must be zero (wait forever) or positive, got {t.cluster_timeout}")
     need(t.log_every >= 1, "log_every", f"must be at least 1, got {t.log_every}")
     need(t.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")

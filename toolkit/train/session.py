@@ -21,7 +21,7 @@ import tensorflow as tf
 from toolkit import __version__, layout
 from toolkit.common.scratch import make_scratch_dir
 from toolkit.train import checkpoint as ckpt_lib
-from toolkit.train import distribute
+from toolkit.train import cluster, distribute
 from toolkit.train import ema
 from toolkit.train import steps as loop
 from toolkit.train import optim
@@ -127,10 +127,12 @@ def _runtime(config: Config) -> distribute.Runtime:
     if config.recipe_reason:  # chosen on the command line (a library caller's Config is used as given)
         log(f"recipe {t.recipe} ({config.recipe_reason}): the flags you did not give come from it "
             f"(toolkit/recipes/{t.recipe}.flags; --recipe picks another)")
-    workers, worker_index, _ = distribute.tf_config_cluster()
-    if workers > 1 and t.distribution in ("auto", "multi_worker"):
+    found = cluster.resolve(t.cluster, t.cluster_workers, t.cluster_hosts, t.cluster_port)
+    cluster.install(found)  # TF_CONFIG, which TensorFlow's resolver and the chief rule read, says the same
+    log(found.describe())
+    if found.size > 1 and t.distribution in ("auto", "multi_worker"):
         limit = f"at most {t.cluster_timeout} s, --cluster_timeout" if t.cluster_timeout else "no time limit"
-        log(f"worker {worker_index} of {workers} (TF_CONFIG): waiting for every worker to join ({limit})")
+        log(f"worker {found.index} of {found.size}: waiting for every worker to join ({limit})")
     rt = distribute.make_runtime(t.distribution, t.precision, t.xla, t.cpu_replicas, t.cluster_timeout, d.deterministic,
                                  t.steps_per_loop, (t.intra_op_threads, t.inter_op_threads))
     validate(config, num_replicas=rt.num_replicas)
