@@ -22,6 +22,8 @@ COMMANDS = [
     ("toolkit.evaluate", "toolkit-evaluate", "python -m toolkit.evaluate: how good is an exported model", "batch_size"),
     ("toolkit.infer", "toolkit-infer", "python -m toolkit.infer: score many images", "top_k"),
     ("toolkit.data.convert", "toolkit-convert", "python -m toolkit.data.convert: image folders", "shard_size"),
+    ("toolkit.deploy", "toolkit-deploy", "python -m toolkit.deploy ENGINE: a multi-worker training job", "workers"),
+    ("toolkit.ray", "toolkit-ray", "python -m toolkit.ray: train on N Ray workers", "workers"),
 ]
 
 

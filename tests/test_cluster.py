@@ -193,9 +193,9 @@ FLAGS = ["--recipe=default", "--image_size=32", "--batch_size=8", "--steps_per_e
          "--learning_rate=0.02", "--warmup_epochs=0", "--deterministic", "--seed=5"]
 
 
-def _ports_in_a_row(n):
+def _ports_in_a_row(n, start=23450):
     """n free consecutive localhost ports starting at a multiple of 10 (a pattern may say 'localhost:P{index}')."""
-    for base in range(23450, 60000, 10):
+    for base in range(start, 60000, 10):
         socks = []
         try:
             for port in range(base, base + n):
@@ -236,16 +236,29 @@ def _job(tmp_path, name, data, worker_env, flags=()):
     return texts[0], digests[0][-1]
 
 
-@pytest.mark.slow
-def test_two_workers_under_each_engine_end_with_the_weights_of_the_tf_config_job(tmp_path):
+@pytest.fixture(scope="module")
+def tf_config_job(tmp_path_factory):
+    """The plain TF_CONFIG job every engine's job must match: (data, its final weights' digest)."""
     from toolkit.data import sources
 
+    tmp_path = tmp_path_factory.mktemp("tf_config_job")
     data = sources.write_demo_dataset(str(tmp_path / "data"), train_count=48, val_count=8, image_size=40, num_shards=4)
-    base = _ports_in_a_row(2)
-    addresses = [f"localhost:{base}", f"localhost:{base + 1}"]
+    first = _ports_in_a_row(2, start=24450)
+    addresses = [f"localhost:{first}", f"localhost:{first + 1}"]
 
     def tf_config(i):
         return {"TF_CONFIG": json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})}
+
+    log, digest = _job(tmp_path, "tf_config", data, tf_config)
+    assert "cluster tf_config: the chief of 2 workers (auto: TF_CONFIG)" in log
+    return data, digest
+
+
+@pytest.mark.slow
+def test_two_workers_under_each_engine_end_with_the_weights_of_the_tf_config_job(tmp_path, tf_config_job):
+    data, expected = tf_config_job
+    base = _ports_in_a_row(2)
+    addresses = [f"localhost:{base}", f"localhost:{base + 1}"]
 
     def indexed_job(i):  # an Indexed Job's variables; the host pattern resolves to localhost
         return {"JOB_COMPLETION_INDEX": str(i), cluster.WORKERS_ENV: "2",
@@ -259,8 +272,6 @@ def test_two_workers_under_each_engine_end_with_the_weights_of_the_tf_config_job
         return {"TF_CONFIG": vertex_tf_config(*task, [addresses[0]], [addresses[1]]), "CLUSTER_SPEC": "{}",
                 "AIP_MODEL_DIR": str(tmp_path / "aip")}
 
-    log, expected = _job(tmp_path, "tf_config", data, tf_config)
-    assert "cluster tf_config: the chief of 2 workers (auto: TF_CONFIG)" in log
     lines = {}
     for name, env, flags in (("kubernetes", indexed_job, ()), ("slurm", slurm, (f"--cluster_port={base}", "--cluster=slurm")),
                              ("vertex", vertex, ())):
@@ -271,3 +282,72 @@ def test_two_workers_under_each_engine_end_with_the_weights_of_the_tf_config_job
     assert f"localhost:{base}, localhost:{base + 1}" in lines["kubernetes"]
     assert "cluster slurm: the chief of 2 workers (SLURM_PROCID=0 of SLURM_STEP_NUM_TASKS=2" in lines["slurm"]
     assert "cluster tf_config: the chief of 2 workers (auto: TF_CONFIG, with environment, job)" in lines["vertex"]
+
+
+def _ray():
+    """Ray, an optional extra (pip install .[ray]); CI installs it, so there its absence is a failure."""
+    if os.environ.get("CI"):
+        import ray
+        return ray
+    return pytest.importorskip("ray")
+
+
+def _child_of_worker(model_dir, index):
+    """The pid of the toolkit.train process whose TF_CONFIG makes it worker `index` of the run in model_dir."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "toolkit.train" in cmdline and f"--model_dir={model_dir}" in cmdline:
+            tf_config = next((e[len("TF_CONFIG="):] for e in environ if e.startswith("TF_CONFIG=")), "{}")
+            if json.loads(tf_config).get("task", {}).get("index") == index:
+                return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_ray_runs_the_trainer_restarts_it_after_a_lost_worker_and_ends_with_the_tf_config_jobs_weights(
+        tmp_path, tf_config_job):
+    """python -m toolkit.ray on a Ray of its own (2 workers on this machine). Worker 1's trainer is
+    killed after the step-1 checkpoint: Ray restarts both, they resume there, and the weights are
+    those of the TF_CONFIG job that ran straight through."""
+    import signal
+    import time
+
+    _ray()
+    data, expected = tf_config_job
+    model_dir = tmp_path / "run"
+    # (Ray keeps its sockets in its temporary folder: a pytest tmp_path there would be too long a path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, "RAY_DEDUP_LOGS": "0"}
+    env.pop("TF_CONFIG", None)
+    log_path = tmp_path / "ray.log"
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.ray", "--workers=2", "--max_failures=1", "--",
+                                 f"--data_dir={data}", f"--model_dir={model_dir}", *FLAGS, "--checkpoint_every=1"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    killed = None
+    try:
+        deadline = time.time() + 600
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            if "ckpt-1" in (open(model_dir / "checkpoints" / "checkpoint").read()
+                            if (model_dir / "checkpoints" / "checkpoint").exists() else ""):
+                killed = _child_of_worker(model_dir, 1)
+                if killed:
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = open(log_path).read()
+    assert killed, "worker 1's trainer was never found to kill:\n" + log[-3000:]
+    assert code == 0, log[-4000:]
+    assert "toolkit.train on Ray worker 1 ended with killed by signal 9" in log, log[-4000:]
+    resumed = re.findall(r"resum\w* .*at step (\d+)", log)
+    assert resumed and all(int(step) >= 1 for step in resumed), log[-4000:]
+    digests = set(re.findall(r"final weights sha256 ([0-9a-f]+)", log))
+    assert digests == {expected}, f"Ray's workers ended with {digests}, the TF_CONFIG job with {expected}"
+    pointer = json.load(open(next(model_dir.glob("ray/toolkit/checkpoint_*/toolkit_run.json"))))
+    assert pointer["model_dir"] == str(model_dir) and pointer["checkpoint"].endswith("ckpt-3")

@@ -15,8 +15,9 @@ TOOLKIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Lower layers never import higher ones: common < data, models < infer < export < train. The
 # bottom layer holds the shared vocabulary (config, layout, common/); the entry points (cli, flags,
 # the __main__ modules and the top-level commands) sit above everything and nothing imports them.
-LAYERS = {"toolkit": 0, "toolkit.config": 0, "toolkit.layout": 0, "toolkit.common": 0,
-          "toolkit.data": 1, "toolkit.models": 1, "toolkit.recipes": 1, "toolkit.infer": 2, "toolkit.export": 3, "toolkit.train": 4}
+LAYERS = {"toolkit": 0, "toolkit.config": 0, "toolkit.jobs": 0, "toolkit.layout": 0, "toolkit.common": 0,
+          "toolkit.data": 1, "toolkit.models": 1, "toolkit.recipes": 1, "toolkit.deploy": 1, "toolkit.ray": 1,
+          "toolkit.infer": 2, "toolkit.export": 3, "toolkit.train": 4}
 ENTRY_POINTS = {"toolkit.cli", "toolkit.flags", "toolkit.parity", "toolkit.evaluate", "toolkit.data.convert"}
 
 
@@ -132,7 +133,8 @@ def test_the_export_imports_no_training_module():
 
 
 @pytest.mark.parametrize("package", ["toolkit", "toolkit.common", "toolkit.data", "toolkit.models", "toolkit.train",
-                                     "toolkit.export", "toolkit.infer", "toolkit.config", "toolkit.layout", "toolkit.cli"])
+                                     "toolkit.export", "toolkit.infer", "toolkit.config", "toolkit.layout", "toolkit.cli",
+                                     "toolkit.deploy"])
 def test_package_inits_and_the_shared_vocabulary_do_not_import_tensorflow(package):
     code = f"import sys, {package}; print(sorted(m for m in ('tensorflow', 'keras', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=os.path.dirname(TOOLKIT))

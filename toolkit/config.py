@@ -124,8 +124,8 @@ class TrainConfig:
     cluster_hosts: str = _opt("", "kubernetes: the workers' addresses, '{index}' standing for 0..N-1, e.g. "
                                   "'train-{index}.train:2222' (empty: $TOOLKIT_CLUSTER_HOSTS, else this pod's own name "
                                   "<name>-<index>.<subdomain> with its index replaced).")
-    cluster_port: int = _opt(0, "The workers' port where the engine gives none: kubernetes 2222, slurm 8888 (and up, one "
-                                "per task on a node); 0: those.")
+    cluster_port: int = _opt(0, "The workers' port where the engine gives none (0: kubernetes 2222, slurm 8888 and up, "
+                                "one per task on a node).", lower_bound=0)
     fresh: bool = _opt(False, "Start anew even if model_dir holds checkpoints (the old run is moved to model_dir/previous-*).")
     log_every: int = _opt(20, "Steps between progress lines and metric records.")
     checkpoint_every: int = _opt(500, "Steps between checkpoints (one is also written at each evaluation, see --eval_every).")
@@ -206,8 +206,7 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(t.inter_op_threads >= 0, "inter_op_threads", f"must be zero (auto) or positive, got {t.inter_op_threads}")
     need(t.cpu_replicas >= 1, "cpu_replicas", f"must be at least 1, got {t.cpu_replicas}")
     need(t.cluster in CLUSTERS, "cluster", f"unknown engine {t.cluster!r}; choose one of {', '.join(CLUSTERS)}")
-    need(t.cluster_workers >= 0 and 0 <= t.cluster_port < 65536, "cluster_workers" if t.cluster_workers < 0 else "cluster_port",
-         f"must be zero (the engine's) or positive, got {min(t.cluster_workers, t.cluster_port)}")
+    need(t.cluster_workers >= 0, "cluster_workers", f"must be zero (the engine's count) or positive, got {t.cluster_workers}")
     need(t.cluster_timeout >= 0, "cluster_timeout", f"must be zero (wait forever) or positive, got {t.cluster_timeout}")
     need(t.log_every >= 1, "log_every", f"must be at least 1, got {t.log_every}")
     need(t.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1, got {t.checkpoint_every}")
