@@ -2,6 +2,7 @@
 shards split cleanly across input pipelines, ops behave the same eagerly and inside tf.data."""
 
 import collections
+import glob
 import hashlib
 import io
 import os
@@ -248,3 +249,50 @@ def test_one_train_size_keeps_the_batches_static_and_apart_from_the_eval_size(ph
     ds, batches = train_batches(photos[1], 4, train_sizes="40@1", image_size=64)
     assert ds.element_spec[0].shape.as_list() == [3, 40, 40, 3]
     assert all(x.shape == (3, 40, 40, 3) for x, _ in batches)
+
+
+@pytest.mark.parametrize("crop_side, image_size, ratio", [
+    (191, 96, 1), (383, 96, 1), (384, 96, 2), (767, 96, 2), (768, 96, 4), (1536, 96, 8), (20000, 96, 8),
+    (447, 224, 1), (448, 224, 1), (896, 224, 2), (63, 32, 1), (64, 32, 1), (128, 32, 2), (512, 32, 8),
+])
+def test_a_jpeg_is_decoded_at_reduced_scale_only_when_its_crop_stays_twice_the_target(crop_side, image_size, ratio):
+    index = int(preprocess.scaled_decode_ratio(tf.constant(crop_side), image_size))
+    assert (1, 2, 4, 8)[index] == ratio
+
+
+def _full_decode_view(data: bytes, size: int) -> np.ndarray:
+    """The evaluation view without scaled decoding, computed here: the whole JPEG, numpy's crop, a resize."""
+    image = tf.io.decode_jpeg(data, channels=3).numpy().astype(np.float32)
+    h, w = image.shape[:2]
+    side = int(min(h, w) * 0.875)
+    top, left = (h - side) // 2, (w - side) // 2
+    return tf.image.resize(image[top:top + side, left:left + side], [size, size]).numpy()
+
+
+def _antialiased_view(data: bytes, size: int) -> np.ndarray:
+    """The same crop shrunk with an anti-aliasing filter (PIL's box filter over the full decode)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    side = int(min(h, w) * 0.875)
+    top, left = (h - side) // 2, (w - side) // 2
+    return np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BOX), np.float32)
+
+
+def test_scaled_decoding_leaves_small_photos_exact_and_large_ones_closer_to_an_antialiased_shrink():
+    """Real photos (shorter side ~300-500 px): at 224 px none is decoded at reduced scale and the view
+    is the full decode's bit for bit; at 32 px every one is, and the view moves towards an
+    anti-aliased shrink of the crop (the full decode's bilinear resize samples it: aliasing)."""
+    hymenoptera = dh.require_data(dh.HYMENOPTERA, "the hymenoptera photos")
+    files = sorted(glob.glob(os.path.join(hymenoptera, "val", "*", "*.jpg")))[:24]
+    assert len(files) == 24
+    scaled_off, off_before = [], []
+    for path in files:
+        data = open(path, "rb").read()
+        np.testing.assert_array_equal(preprocess.eval_image(tf.constant(data), 224).numpy(), _full_decode_view(data, 224))
+        view, before, smooth = (preprocess.eval_image(tf.constant(data), 32).numpy(), _full_decode_view(data, 32),
+                                _antialiased_view(data, 32))
+        assert view.shape == (32, 32, 3) and not np.array_equal(view, before), path
+        scaled_off.append(np.abs(view - smooth).mean())
+        off_before.append(np.abs(before - smooth).mean())
+    # measured on these photos: 6.4 against 12.1 (mean absolute difference, pixel values 0-255)
+    assert np.mean(scaled_off) < 8.0 and np.mean(scaled_off) < 0.7 * np.mean(off_before), (scaled_off, off_before)

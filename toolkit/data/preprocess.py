@@ -71,13 +71,49 @@ def decode_crop(encoded: tf.Tensor, window: tf.Tensor | None = None, window_fn=N
     return image
 
 
+# A JPEG whose evaluation crop is much larger than the target is decoded at 1/2, 1/4 or 1/8 of its
+# size (libjpeg's DCT scaling: less work than a full decode), the largest that still leaves the crop
+# SCALED_DECODE_MARGIN times the target side, so the bilinear resize still shrinks it as it shrinks
+# a photo of that size. Smaller ones decode in full, exactly as before.
+SCALED_DECODE_RATIOS = (2, 4, 8)
+SCALED_DECODE_MARGIN = 2
+
+
+def scaled_decode_ratio(crop_side: tf.Tensor, image_size: int) -> tf.Tensor:
+    """0, 1, 2 or 3: decode at 1/1, 1/2, 1/4 or 1/8 (the largest keeping crop_side / ratio >= margin * image_size)."""
+    return tf.add_n([tf.cast(crop_side >= r * SCALED_DECODE_MARGIN * image_size, tf.int32) for r in SCALED_DECODE_RATIOS])
+
+
+def _decode_crop_scaled(encoded: tf.Tensor, ratio: int) -> tf.Tensor:
+    """The central evaluation crop of a JPEG decoded at 1/ratio of its size (its window on the smaller image)."""
+    image = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+    shape = tf.shape(image)
+    w = center_crop_window(shape[0], shape[1])
+    return tf.image.crop_to_bounding_box(image, w[0], w[1], w[2], w[3])
+
+
 def eval_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """Encoded image bytes -> float32 [0, 255] image_size^2 x 3: center crop, then resize.
 
     The evaluation view, used by the eval pipeline, the SavedModel's bytes signature and batch
-    inference alike.
+    inference alike. A JPEG much larger than the target is decoded at a reduced scale first
+    (SCALED_DECODE_RATIOS): the crop then covers the same part of the photo, averaged down by the
+    decoder instead of sampled by the resize (BENCHMARKS.md: speed and accuracy of both).
     """
-    return resize(decode_crop(encoded, window_fn=center_crop_window), image_size)
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        side = center_crop_window(shape[0], shape[1])[2]
+        branches = [lambda: decode_crop(encoded, window_fn=center_crop_window)]
+        branches += [lambda r=r: _decode_crop_scaled(encoded, r) for r in SCALED_DECODE_RATIOS]
+        return tf.switch_case(scaled_decode_ratio(side, image_size), branches)
+
+    def other():
+        return decode_crop(encoded, window_fn=center_crop_window)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, 3])
+    return resize(image, image_size)
 
 
 def eval_input(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
