@@ -296,3 +296,15 @@ def test_scaled_decoding_leaves_small_photos_exact_and_large_ones_closer_to_an_a
         off_before.append(np.abs(before - smooth).mean())
     # measured on these photos: 6.4 against 12.1 (mean absolute difference, pixel values 0-255)
     assert np.mean(scaled_off) < 8.0 and np.mean(scaled_off) < 0.7 * np.mean(off_before), (scaled_off, off_before)
+
+
+def test_a_split_with_fewer_shards_than_workers_is_refused_in_one_line_naming_the_flag(photos):
+    """(one val shard, two workers: a BadInput, exit code 2, not a traceback)"""
+    from toolkit.common.errors import BadInput
+
+    _, data_dir = photos
+    info = shards.read_dataset_info(str(data_dir))
+    config = DataConfig(data_dir=str(data_dir), image_size=16, batch_size=4)
+    assert len(info.split_files("val")) == 1
+    with pytest.raises(BadInput, match=r"^--data_dir: 1 shard file\(s\) of a split cannot be split across 2 workers"):
+        pipeline.make_eval_dataset(config, info.split_files("val"), contexts()[1])

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from toolkit.common.errors import BadInput
+from toolkit.common.errors import BadInput
 from toolkit.config import DataConfig, parse_randaugment, parse_train_sizes
 from toolkit.data import augment, mixing, preprocess, schema
 
@@ -44,9 +46,9 @@ def _shard_files(files: Sequence[str], num_pipelines: int, pipeline_id: int) -> 
     files = sorted(files)
     if num_pipelines > 1:
         if len(files) < num_pipelines:
-            raise ValueError(
-                f"--data_dir: {len(files)} shard file(s) cannot be split across {num_pipelines} "
-                "workers; convert with more, smaller shards"
+            raise BadInput(
+                f"--data_dir: {len(files)} shard file(s) of a split cannot be split across {num_pipelines} "
+                "workers; convert with more, smaller shards (toolkit.data.convert --shard_size)"
             )
         files = files[pipeline_id::num_pipelines]
     return files

@@ -36,8 +36,9 @@ def main(argv) -> None:
         raise BadInput(f"unexpected arguments: {' '.join(stray)} (the trainer's flags go after '--', as --name=value)")
     if fv["cluster"].present and fv["cluster"].value != "tf_config":
         raise BadInput("--cluster: Ray Train gives each worker its TF_CONFIG; leave --cluster out")
-    if not fv["model_dir"].value:
-        raise BadInput("--model_dir: the Ray workers need a run directory they all see (after '--')")
+    if not fv["model_dir"].present or not fv["model_dir"].value:
+        raise BadInput("--model_dir: give the Ray workers a run directory they all see (after '--'), e.g. a shared "
+                       "path or gs://...")
     # Ray's workers run in folders of Ray's: relative paths are made absolute here (the last flag wins)
     absolute = [f"--{name}={os.path.abspath(fv[name].value)}" for name in ("model_dir", "data_dir", "export_dir")
                 if fv[name].value and "://" not in fv[name].value]

@@ -111,7 +111,8 @@ def launch(config: RayConfig, train_args: list, model_dir: str) -> dict:
             ray.init(num_cpus=config.workers * config.cpus_per_worker, num_gpus=config.workers * config.gpus_per_worker,
                      object_store_memory=256 << 20, include_dashboard=False, log_to_driver=True,
                      _node_ip_address="127.0.0.1")
-    storage = config.storage_path or os.path.abspath(os.path.join(model_dir, layout.RAY_RESULTS))
+    storage = config.storage_path or (f"{model_dir.rstrip('/')}/{layout.RAY_RESULTS}" if "://" in model_dir
+                                      else os.path.abspath(os.path.join(model_dir, layout.RAY_RESULTS)))
     resources = {"CPU": config.cpus_per_worker, **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})}
     trainer = TensorflowTrainer(
         train_loop_per_worker=_worker,
