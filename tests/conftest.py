@@ -46,9 +46,9 @@ def demo_data(tmp_path_factory):
 # all-sections benchmark) last, and one worker trained alone while the other sat idle: on an AVX2
 # CPU the suite kept 1.7 of 2 cores busy. Longest-first needs `--no-loadscope-reorder` (pyproject's
 # addopts), so that xdist hands out files in this order.
-LONGEST_FIRST = ("test_cpu_matrix.py", "test_training.py", "test_multiworker.py", "test_benchmark_inference.py",
-                 "test_resume.py", "test_export.py", "test_recipes.py", "test_faults.py", "test_budget.py", "test_evaluate.py",
-                 "test_batch_infer.py")
+LONGEST_FIRST = ("test_cpu_matrix.py", "test_training.py", "test_multiworker.py", "test_cluster.py", "test_benchmark_inference.py",
+                 "test_object_storage.py", "test_resume.py", "test_export.py", "test_recipes.py", "test_faults.py",
+                 "test_budget.py", "test_evaluate.py", "test_batch_infer.py")
 
 
 def pytest_collection_modifyitems(config, items):

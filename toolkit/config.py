@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 from toolkit import layout
+from toolkit.common import storage
 from toolkit.common.errors import BadInput
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -216,7 +217,7 @@ def validate(config: Config, num_replicas: Optional[int] = None) -> None:
     need(m.num_classes >= 0, "num_classes", f"must be positive (or 0 to read it from the data), got {m.num_classes}")
     need(0 < d.crop_min_scale <= 1, "crop_min_scale", f"must be in (0, 1], got {d.crop_min_scale}")
     need(t.model_dir != "", "model_dir", "must be set")
-    need(not d.data_dir or os.path.isdir(d.data_dir), "data_dir", f"{d.data_dir} is not a directory")
+    need(not d.data_dir or storage.isdir(d.data_dir, "data_dir"), "data_dir", f"{d.data_dir} is not a directory")
     need(not m.init_weights or m.init_weights == "imagenet" or os.path.isfile(m.init_weights), "init_weights",
          f"{m.init_weights} does not exist (a .keras or .weights.h5 file, or imagenet)")
     need(m.init_weights != "imagenet" or m.depth in IMAGENET_DEPTHS, "init_weights",
@@ -268,7 +269,10 @@ def validate_export(config: ExportConfig) -> None:
 
 
 def _file_in_the_way(path: str):
-    """The nearest existing ancestor of `path` (itself included) when it is not a directory, else None."""
+    """The nearest existing ancestor of `path` (itself included) when it is not a directory, else None
+    (a path on another filesystem, gs:// or ram://, is checked by the export when it writes there)."""
+    if not storage.is_local(path):
+        return None
     path = os.path.abspath(path)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
@@ -393,3 +397,4 @@ class ConvertConfig:
     seed: int = _opt(0, "Seed of the validation split and of the storage order.")
     overwrite: bool = _opt(False, "Replace an existing output directory (only one that holds a manifest.json).")
     progress: bool = _opt(True, "Show a progress bar.")
+

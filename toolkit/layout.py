@@ -18,7 +18,8 @@ A training directory (--model_dir):
 An export directory: see EXPORT_FILES; a converted dataset: shards, labels.txt, manifest.json; an
 evaluation (--out of python -m toolkit.evaluate): metrics.json, predictions.csv and the plots.
 
-No TensorFlow here: the command lines read these names before TensorFlow loads.
+No TensorFlow here: the command lines read these names before TensorFlow loads (a directory on
+another filesystem, gs:// or ram://, is read through toolkit.common.storage, which loads it then).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.common.errors import BadInput
 
 # ------------------------------------------------------------------------------ a training directory
@@ -89,16 +90,16 @@ def save_run_record(model_dir: str, record: dict) -> None:
 
 
 def has_run_record(model_dir: str) -> bool:
-    return os.path.exists(os.path.join(model_dir, RUN_RECORD))
+    return storage.exists(os.path.join(model_dir, RUN_RECORD))
 
 
 def load_run_record(model_dir: str) -> dict:
     """model_dir/run.json; BadInput naming --model_dir when it is missing, unreadable or not an object."""
     path = os.path.join(model_dir, RUN_RECORD)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise BadInput(f"--model_dir: {model_dir} holds no {RUN_RECORD}; is it a toolkit training directory?")
     try:
-        with open(path) as f:
+        with storage.open(path) as f:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise BadInput(f"--model_dir: cannot read {path}: {e}") from e
@@ -110,7 +111,11 @@ def load_run_record(model_dir: str) -> dict:
 def read_json(path: str):
     """The JSON document at `path`, or None when it is missing or unreadable (optional inputs: reports, cards)."""
     try:
-        with open(path) as f:
+        with storage.open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+    except Exception as e:  # noqa: BLE001 - gfile's own errors for a file on another filesystem
+        if type(e).__module__.startswith("tensorflow"):
+            return None
+        raise

@@ -6,6 +6,17 @@ shards, manifests) is written through here. Temporary names start with ".tmp-" (
 matched by a shard glob such as `train-*`); the final name is their suffix, so a tool that insists
 on an extension (Keras' `.weights.h5`) accepts them. Files and directories get the usual mode of
 the process umask (0644 / 0755 under umask 022), never mkstemp's 0600.
+
+A path on another filesystem (gs://, ram://: toolkit.common.storage) is written from a local
+spool in a scratch directory (toolkit.common.scratch.staging), so an exception while writing
+never reaches it and the tools that need a local file (Keras, matplotlib, onnx) write as usual.
+At commit the file goes up (`upload`): where the filesystem renames (ram://), to a hidden
+temporary name beside the target, then renamed over it; where it does not (gs://), to the final
+name at once, then read back and compared, length and sha256 (NotVerified names the path on a
+mismatch). A directory (`directory`: an export, a converted dataset) is built in local scratch
+and copied up file by file, its record file (`last`: export.json, manifest.json) last and the old
+one's removed first, since neither filesystem renames a directory: a directory without its record
+is an incomplete one.
 """
 
 from __future__ import annotations
@@ -17,13 +28,21 @@ import secrets
 import shutil
 from typing import Callable, Iterator, TypeVar
 
-from toolkit.common.errors import DiskFull, disk_full
+from toolkit.common import storage
+from toolkit.common.errors import DiskFull, ToolkitError, disk_full
+from toolkit.common.scratch import staging
 
 T = TypeVar("T")
 
 
+class NotVerified(ToolkitError, OSError):
+    """A file written to a filesystem without rename read back other than it was written."""
+
+
 def temporary_path(path: str, kind: str = "tmp") -> str:
     """A fresh hidden name beside `path`: DIR/.{kind}-{random}-{basename}."""
+    if not storage.is_local(path):
+        return f"{storage.parent(path)}/.{kind}-{secrets.token_hex(4)}-{path.rstrip('/').rsplit('/', 1)[-1]}"
     directory, base = os.path.split(os.path.abspath(path))
     return os.path.join(directory, f".{kind}-{secrets.token_hex(4)}-{base}")
 
@@ -36,7 +55,7 @@ class AtomicFile:
     object and call commit() or abort().
 
     Args:
-      path: the final path; its directory must exist.
+      path: the final path; its directory must exist (on another filesystem it is created).
       mode: "w" (text) or "wb" (bytes).
       newline: as for `open` (text mode only).
     """
@@ -45,7 +64,12 @@ class AtomicFile:
         if mode not in ("w", "wb"):
             raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
         self.path = path
-        self.tmp = temporary_path(path)
+        self._spool = None  # a remote path's local spool directory (a staging context)
+        if storage.is_local(path):
+            self.tmp = temporary_path(path)
+        else:
+            self._spool = staging()
+            self.tmp = os.path.join(self._spool.__enter__(), os.path.basename(path.rstrip("/")))
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         self.file = os.fdopen(fd, mode, newline=newline) if mode == "w" else os.fdopen(fd, mode)
 
@@ -55,7 +79,11 @@ class AtomicFile:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self.tmp, self.path)
+            if self._spool is None:
+                os.replace(self.tmp, self.path)
+            else:
+                upload(self.tmp, self.path)
+                self.abort()  # the spool's work is done
         except BaseException as e:
             self.abort()
             _raise_disk_full(e, self.path)
@@ -67,6 +95,9 @@ class AtomicFile:
             self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp)
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            spool.__exit__(None, None, None)
 
     def __enter__(self):
         return self.file
@@ -101,8 +132,18 @@ def write_with(path: str, write: Callable[[str], T]) -> T:
 
     For files another library writes by name (Keras weights, ONNX models, PNG figures, TFRecord
     shards). Returns what `write` returns; if it raises, the temporary file is removed and `path`
-    is untouched.
+    is untouched. On another filesystem `write` writes a local file, which is uploaded.
     """
+    if not storage.is_local(path):
+        with staging() as scratch:
+            tmp = os.path.join(scratch, os.path.basename(path.rstrip("/")))
+            try:
+                result = write(tmp)
+                upload(tmp, path)
+                return result
+            except Exception as e:
+                _raise_disk_full(e, path)
+                raise
     tmp = temporary_path(path)
     try:
         result = write(tmp)
@@ -123,14 +164,53 @@ def publish(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+def upload(local: str, path: str) -> None:
+    """Put the local file `local` at `path` on another filesystem: renamed into place from a hidden
+    temporary name where the filesystem renames, else written to `path` and read back.
+
+    Raises:
+      NotVerified: what was read back differs from what was written (one line naming the path).
+    """
+    storage.makedirs(storage.parent(path))
+    if storage.can_rename(path):
+        tmp = temporary_path(path)
+        try:
+            storage.copy_file(local, tmp)
+            storage.move(tmp, path)
+        except BaseException:
+            storage.remove(tmp)
+            raise
+        return
+    storage.copy_file(local, path)
+    verify(local, path)
+
+
+def verify(local: str, path: str) -> None:
+    """NotVerified unless the file at `path` holds the bytes of the local file `local`."""
+    (wrote, sent), (found, read) = storage.digest(local), storage.digest(path)
+    if (wrote, sent) != (found, read):
+        what = f"{found} bytes" if found != wrote else "other bytes (sha256 differs)"
+        raise NotVerified(f"{path}: {wrote} bytes were written but {what} were read back; the copy on "
+                          f"{storage.scheme(path)}:// is not what was written; run the same command again")
+
+
 @contextlib.contextmanager
-def directory(path: str) -> Iterator[str]:
+def directory(path: str, last: str | None = None) -> Iterator[str]:
     """Build a directory under a temporary name and rename it to `path` when the block ends.
 
     Yields the temporary directory (beside `path`, whose parent is created if needed). When the
     block ends normally an earlier directory at `path` is replaced (moved aside, then deleted);
-    on an exception the temporary directory is deleted and `path` is untouched.
+    on an exception the temporary directory is deleted and `path` is untouched. On another
+    filesystem the temporary directory is local scratch, copied up by `publish_directory` (`last`:
+    the record file that marks the directory complete).
     """
+    if not storage.is_local(path):
+        with staging() as scratch:
+            built = os.path.join(scratch, os.path.basename(path.rstrip("/")))
+            os.mkdir(built)
+            yield built
+            publish_directory(built, path, last)
+        return
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = temporary_path(path)
@@ -143,6 +223,27 @@ def directory(path: str) -> Iterator[str]:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_directory(local: str, path: str, last: str | None = None) -> None:
+    """Replace the directory `path` on another filesystem with a copy of the local directory `local`.
+
+    The old directory's `last` file goes first and the new one's last, so a reader (and the next
+    run) can tell a complete directory from one a crash interrupted; every file goes through `upload`.
+    """
+    if storage.exists(path):
+        if last:
+            storage.remove(f"{path.rstrip('/')}/{last}")
+        storage.rmtree(path)
+    files = []
+    for folder, _, names in os.walk(local):
+        relative = os.path.relpath(folder, local)
+        target = path.rstrip("/") if relative == "." else f"{path.rstrip('/')}/{relative.replace(os.sep, '/')}"
+        storage.makedirs(target)
+        files += [(os.path.join(folder, n), f"{target}/{n}") for n in sorted(names)]
+    final = f"{path.rstrip('/')}/{last}" if last else None
+    for source, target in sorted(files, key=lambda pair: pair[1] == final):
+        upload(source, target)
 
 
 def _raise_disk_full(error: BaseException, path: str) -> None:

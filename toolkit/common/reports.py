@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from toolkit.common import atomic  # noqa: E402
+from toolkit.common import atomic, storage  # noqa: E402
 from toolkit.common import markdown
 
 
@@ -30,7 +30,7 @@ def _save(fig, path: str) -> str:
 
 def read_metrics(path: str) -> list:
     """The records of a metrics.jsonl file, in order."""
-    with open(path) as f:
+    with storage.open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

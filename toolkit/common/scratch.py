@@ -1,10 +1,12 @@
 """Per-process scratch directories, removed when the process exits, even after a SIGKILL of an
 earlier process of the same kind: where a non-chief worker writes what only the chief keeps (its
-checkpoint saves, its copy of converted or generated data). No TensorFlow here."""
+checkpoint saves, its copy of converted or generated data), and where what goes to or comes from
+object storage is staged (`staging`). Always local. No TensorFlow here."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
@@ -38,6 +40,20 @@ def remove_scratch_dirs() -> None:
     """Remove this process's scratch directories now (before an os._exit, which runs no exit handlers)."""
     while _SCRATCH:
         shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging():
+    """A scratch directory for the local copy of something that lives on another filesystem (a file
+    read from gs://, a directory built here and copied up), removed when the block ends (and, after a
+    SIGKILL, by the next process that makes one)."""
+    path = make_scratch_dir("toolkit-stage-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if path in _SCRATCH:
+            _SCRATCH.remove(path)
 
 
 def _alive(pid: int) -> bool:

@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from toolkit.common.errors import BadInput
-from toolkit.common.errors import BadInput
 from toolkit.config import DataConfig, parse_randaugment, parse_train_sizes
 from toolkit.data import augment, mixing, preprocess, schema
 

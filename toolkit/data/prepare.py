@@ -14,12 +14,12 @@ crash mid-way leaves the previous conversion or nothing, and a stale conversion 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Callable
 
 from toolkit.data.listing import holds_shards, visible_files  # noqa: F401 - holds_shards: prepare's callers ask it too
 from toolkit import layout
+from toolkit.common import storage
 from toolkit.common.errors import BadInput
 
 DIGEST_KEY = "source_digest"
@@ -40,10 +40,8 @@ def folder_digest(src: str) -> str:
 
 def _reusable(work_dir: str, src: str, digest: str, max_side: int) -> bool:
     """Whether work_dir holds a finished conversion of `src` as it is now, with the same options."""
-    try:
-        with open(os.path.join(work_dir, layout.MANIFEST)) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
+    manifest = layout.read_json(os.path.join(work_dir, layout.MANIFEST))
+    if not isinstance(manifest, dict):
         return False
     return (manifest.get(DIGEST_KEY) == digest and manifest.get("source") == src
             and manifest.get("options", {}).get("max_side") == max_side)
@@ -68,13 +66,14 @@ def shards_for(data_dir: str, work_dir: str, log: Callable[[str], None], *, max_
     Raises:
       PrepareError: data_dir is neither, or the conversion cannot be written (one line).
     """
-    if not data_dir or not os.path.isdir(data_dir):
+    if not data_dir or not storage.isdir(data_dir):
         raise PrepareError(f"--data_dir: {data_dir!r} is not a directory")
     if holds_shards(data_dir):
         return data_dir
+    _refuse_remote_folder(data_dir)
     from toolkit.data import folder, writer  # TensorFlow only when there is something to convert
 
-    src, work_dir = os.path.abspath(data_dir), os.path.abspath(work_dir)
+    src, work_dir = os.path.abspath(data_dir), storage.absolute(work_dir)
     digest = folder_digest(src)
     if _reusable(work_dir, src, digest, max_side):
         log(f"--data_dir: {data_dir} is unchanged since its conversion into {work_dir}; reusing it")
@@ -99,13 +98,14 @@ def peek(data_dir: str) -> tuple:
     Raises:
       PrepareError: data_dir is not a directory, or an image folder the converter would refuse.
     """
-    if not data_dir or not os.path.isdir(data_dir):
+    if not data_dir or not storage.isdir(data_dir):
         raise PrepareError(f"--data_dir: {data_dir!r} is not a directory")
     if holds_shards(data_dir):
         from toolkit.data import shards
 
         info = shards.read_dataset_info(data_dir)
         return tuple(info.class_names), info.counts.get("train") or None
+    _refuse_remote_folder(data_dir)
     from toolkit.data import folder, writer
 
     try:
@@ -113,6 +113,14 @@ def peek(data_dir: str) -> tuple:
     except writer.ConversionError as e:
         raise PrepareError(_as_data_dir_error(str(e), data_dir)) from None
     return scan.class_names, len(scan.files["train"])
+
+
+def _refuse_remote_folder(data_dir: str) -> None:
+    """Shards may be anywhere tf.io.gfile reads; an image folder is converted from a local copy."""
+    if not storage.is_local(data_dir):
+        raise PrepareError(f"--data_dir: {data_dir} holds no shards ({layout.MANIFEST}, train-*, val-*); an image folder on "
+                           f"{storage.scheme(data_dir)}:// is not converted in place: convert a local copy with "
+                           f"python -m toolkit.data.convert --src <folder> --out {data_dir}")
 
 
 def _as_data_dir_error(message: str, work_dir: str) -> str:

@@ -12,14 +12,13 @@ manifest behind that a reader would take as complete.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Iterable, Sequence
 
 import tensorflow as tf
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.data import splits
 from toolkit import layout
 from toolkit.common.errors import BadInput
@@ -84,21 +83,21 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     manifest) are accepted: counts are then unknown (0) and class names come from labels.txt when
     present.
     """
-    if not data_dir or not os.path.isdir(data_dir):
+    if not data_dir or not storage.isdir(data_dir):
         raise BadInput(f"--data_dir: {data_dir!r} is not a directory")
     manifest_path = os.path.join(data_dir, MANIFEST)
     manifest = {}
-    if os.path.exists(manifest_path):
+    if storage.exists(manifest_path):
         try:
-            with open(manifest_path) as f:
+            with storage.open(manifest_path) as f:
                 manifest = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise BadInput(f"--data_dir: cannot read {manifest_path}: {e}") from e
 
     class_names = tuple(manifest.get("class_names", ()))
     labels_path = os.path.join(data_dir, LABELS)
-    if not class_names and os.path.exists(labels_path):
-        with open(labels_path) as f:
+    if not class_names and storage.exists(labels_path):
+        with storage.open(labels_path) as f:
             class_names = tuple(line.rstrip("\n") for line in f if line.strip())
 
     files, counts = {}, {}
@@ -110,14 +109,14 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
             continue
         for alias in aliases:
             found = sorted(
-                p for p in glob.glob(os.path.join(data_dir, f"{alias}-*")) if ".tmp-" not in p
+                p for p in storage.glob(os.path.join(data_dir, f"{alias}-*")) if ".tmp-" not in p
             )
             if found:
                 files[split], counts[split] = tuple(found), 0
                 break
     if not files:
         raise BadInput(f"--data_dir: no TFRecord shards (train-*, val-*) in {data_dir}")
-    missing = [p for paths in files.values() for p in paths if not os.path.exists(p)]
+    missing = [p for paths in files.values() for p in paths if not storage.exists(p)]
     if missing:
         raise BadInput(f"--data_dir: shard listed in {MANIFEST} is missing: {missing[0]}")
     return DatasetInfo(data_dir, class_names, files, counts, manifest)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.data import schema, shards
 
 DEMO_CLASSES = ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots")
@@ -95,14 +95,14 @@ def write_demo_dataset(
         "seed": seed,
     }
     manifest_path = os.path.join(out_dir, shards.MANIFEST)
-    if os.path.exists(manifest_path):
+    if storage.exists(manifest_path):
         try:
             info = shards.read_dataset_info(out_dir)
             if info.manifest.get("options") == options:
                 return out_dir
         except ValueError:
             pass  # an unreadable earlier copy: write a fresh one
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
 
     splits = {}
     for split, count, split_seed in (("train", train_count, seed), ("val", val_count, seed + 1)):

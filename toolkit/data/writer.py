@@ -12,7 +12,8 @@ per split: the `Candidate`s in the order they are to be stored, and a number of 
     skipped files are dropped and the rest renumbered;
   - the whole output is built in a temporary sibling directory and renamed into place at the end
     (toolkit.common.atomic.directory), so an interrupted run leaves the previous output or nothing,
-    never half a dataset.
+    never half a dataset. An output on object storage (gs://, ram://) is built in local scratch (it
+    needs the dataset's size free there) and copied up, manifest.json last.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import tensorflow as tf
 import tqdm
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.data import images, schema, shards
 from toolkit.common.messages import op_message
 from toolkit.common.errors import BadInput
@@ -80,6 +81,9 @@ def default_workers() -> int:
 
 
 def _is_within(path: str, root: str) -> bool:
+    if not (storage.is_local(path) and storage.is_local(root)):
+        path, root = path.rstrip("/"), root.rstrip("/")
+        return path == root or path.startswith(root + "/")
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -92,18 +96,25 @@ def check_output(out_dir: str, overwrite: bool, sources: Sequence[str] = ()) -> 
     for src in sources:
         if src and (_is_within(src, out_dir) or _is_within(out_dir, src)):
             raise ConversionError(f"--out: {out_dir} overlaps the source {src}; choose a directory outside it")
-    if not os.path.exists(out_dir):
+    if not storage.exists(out_dir, "out"):
         return
-    if not os.path.isdir(out_dir):
+    if not storage.isdir(out_dir):
         raise ConversionError(f"--out: {out_dir} exists and is not a directory")
-    if not os.listdir(out_dir):
+    if not storage.listdir(out_dir):
         return
     if not overwrite:
         raise ConversionError(f"--out: {out_dir} already exists; pass --overwrite to replace it")
-    if not os.path.exists(os.path.join(out_dir, shards.MANIFEST)):
+    if not storage.exists(os.path.join(out_dir, shards.MANIFEST)) and not _interrupted_upload(out_dir):
         raise ConversionError(
             f"--out: {out_dir} exists and is not a shard directory (no {shards.MANIFEST}); refusing to replace it"
         )
+
+
+def _interrupted_upload(out_dir: str) -> bool:
+    """A shard directory on object storage whose copy-up a crash cut short: shards and labels.txt,
+    no manifest yet (toolkit.common.atomic.publish_directory writes it last)."""
+    names = [] if storage.is_local(out_dir) else storage.listdir(out_dir)
+    return bool(names) and all(n == shards.LABELS or n.endswith(".tfrecord") for n in names)
 
 
 def _worker_context():
@@ -252,7 +263,7 @@ def write_dataset(
       A Conversion: the output directory, its manifest and the seconds taken.
     """
     start = time.monotonic()
-    out_dir = os.path.abspath(out_dir)
+    out_dir = storage.absolute(out_dir)
     check_output(out_dir, overwrite, protect)
     workers = workers if workers > 0 else default_workers()
     pool = threads = None
@@ -260,7 +271,7 @@ def write_dataset(
     bar = tqdm.tqdm(total=total or None, unit="img", desc="convert", disable=not progress, mininterval=0.5)
     tally = _Tally()
     try:
-        with atomic.directory(out_dir) as tmp:
+        with atomic.directory(out_dir, last=shards.MANIFEST) as tmp:
             if workers > 1:
                 pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_worker_context())
                 threads = concurrent.futures.ThreadPoolExecutor(workers)

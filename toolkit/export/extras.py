@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.export import gate as export_gate
 from toolkit.export import model_card
 from toolkit.export import warmup as serving_warmup
@@ -119,12 +119,12 @@ def write_provenance(model_dir: str, export_dir: str, source: str, data_dir: str
     path = os.path.join(model_dir, layout.PROVENANCE)
     known = layout.read_json(path) or {}
     exports = known.get("exports", {}) if isinstance(known, dict) else {}
-    exports[os.path.abspath(export_dir)] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_dir": os.path.abspath(model_dir),
-                                            "weights": os.path.abspath(source), "data_dir": os.path.abspath(data_dir)}
+    exports[storage.absolute(export_dir)] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model_dir": storage.absolute(model_dir),
+                                             "weights": storage.absolute(source), "data_dir": storage.absolute(data_dir)}
     try:
         atomic.write_json(path, {"exports": exports})
-    except OSError as e:  # a run directory the exporter may only read: the export itself is complete
-        log(f"export: could not record the export's paths in {path} ({e.strerror or e})")
+    except (OSError, storage.StorageError) as e:  # a run directory the exporter may only read: the export itself is complete
+        log(f"export: could not record the export's paths in {path} ({getattr(e, 'strerror', None) or e})")
 
 
 def format_files(paths: dict) -> dict:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
 import tensorflow as tf
 
 from toolkit import layout
+from toolkit.common import storage
 from toolkit.common.errors import BadInput
 from toolkit.common.messages import one_line
 from toolkit.data import shards
@@ -18,7 +18,7 @@ from toolkit.models import resnet_v2
 
 def read_run(model_dir: str) -> dict:
     """run.json of a training directory, checked for what the export needs."""
-    if not model_dir or not os.path.isdir(model_dir):
+    if not model_dir or not storage.isdir(model_dir, "model_dir"):
         raise ExportError(f"--model_dir: {model_dir!r} is not a directory")
     try:
         record = layout.load_run_record(model_dir)
@@ -52,13 +52,12 @@ def newest_weights(model_dir: str, weights: str, latest: str | None) -> str:
     """
     if not latest:
         return weights
-    if not os.path.exists(weights):
+    if not storage.exists(weights):
         return latest
     try:
-        with open(os.path.join(model_dir, layout.SUMMARY)) as f:
-            final_step = int(json.load(f)["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return weights if os.path.getmtime(weights) >= os.path.getmtime(latest + ".index") else latest
+        final_step = int(layout.read_json(os.path.join(model_dir, layout.SUMMARY))["steps"])
+    except (ValueError, KeyError, TypeError):
+        return weights if storage.mtime(weights) >= storage.mtime(latest + ".index") else latest
     return latest if int(latest.rsplit("-", 1)[-1]) > final_step else weights
 
 
@@ -71,7 +70,7 @@ def rebuild_float32(model_dir: str, record: dict) -> tuple:
     """
     weights = os.path.join(model_dir, layout.WEIGHTS)
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, layout.CHECKPOINTS))
-    if not os.path.exists(weights) and not latest:
+    if not storage.exists(weights) and not latest:
         raise ExportError(f"--model_dir: {model_dir} holds neither {layout.WEIGHTS} nor a checkpoint; has training finished?")
     source = newest_weights(model_dir, weights, latest)
     previous = keras.mixed_precision.global_policy()
@@ -80,7 +79,8 @@ def rebuild_float32(model_dir: str, record: dict) -> tuple:
         model = resnet_v2.build_model(record["num_classes"], record["image_size"], record["depth"])
         try:
             if source == weights:
-                model.load_weights(weights)
+                with storage.local_copy(weights) as local:  # Keras reads a local .weights.h5 only
+                    model.load_weights(local)
             else:
                 # a run with --ema_decay exports the weights' moving average (what model.weights.h5 holds)
                 key = "ema_model" if record.get("ema") else "model"

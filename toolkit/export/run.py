@@ -21,7 +21,10 @@ An export dir:
 Everything is written into a temporary directory beside the export dir and renamed into place
 at the end (toolkit.common.atomic.directory), so a crash never leaves a half export; a failed parity gate
 still puts the artifacts in place (for inspection), marked failed in export.json, and then raises
-ParityError.
+ParityError. An export dir on object storage (gs://, ram://) is built in local scratch, because
+tf2onnx, the LiteRT converter, onnxruntime's quantizer and the warm-up writer need local paths, and
+copied up file by file at the end, export.json last (a folder without it is an interrupted copy,
+which the next export replaces). The run it reads may be there too (toolkit.common.storage).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 
 import toolkit
 from toolkit import layout
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.common.messages import one_line
 from toolkit.config import ExportConfig
 from toolkit.data import shards
@@ -72,14 +75,14 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
     start = time.time()
     check_settings(config)
     record = read_run(model_dir)
-    target = os.path.abspath(config.export_dir or os.path.join(model_dir, layout.EXPORT))
+    target = storage.absolute(config.export_dir or os.path.join(model_dir, layout.EXPORT))
     _check_target(target)
     info = run_data(record, data_dir)
     int8 = [f for f in ("onnx_int8", "tflite_int8") if getattr(config, f)]
     if int8 and "train" not in info.files:
         raise ExportError(f"--{int8[0]}: {info.data_dir} has no training shards to calibrate on")
     seconds = {}
-    with atomic.directory(target) as tmp:
+    with atomic.directory(target, last=layout.EXPORT_RECORD) as tmp:
         model, source = _timed(seconds, "rebuild", rebuild_float32, model_dir, record)
         log(f"export: rebuilt ResNet{record['depth']}V2 {record['image_size']}px in float32 from {source} "
             f"(trained as {record.get('precision', '?')})")
@@ -101,7 +104,8 @@ def export_model(model_dir: str, config: ExportConfig, log=print, data_dir: str 
     result = result_of(target, export_record, report)
     for line in parity_gate.summary_lines(report):
         log(line)
-    log(f"export: {export_record['status']} in {seconds['total']:.0f} s -> {target}")
+    staged = "" if storage.is_local(target) else " (built in local scratch for tf2onnx and LiteRT, then copied up)"
+    log(f"export: {export_record['status']} in {seconds['total']:.0f} s -> {target}{staged}")
     if not report["passed"]:
         raise ParityError(f"parity gate failed ({target}/{layout.PARITY_REPORT}): " + "; ".join(report["failures"]), result)
     return result
@@ -143,6 +147,9 @@ def _quantize(tmp: str, record: dict, info: shards.DatasetInfo, onnx_layout: str
 
 def _check_target(target: str) -> None:
     """Create the export dir's parent if needed; fail early when the export cannot be written."""
+    if not storage.is_local(target):
+        _check_remote_target(target)
+        return
     parent = os.path.dirname(target)
     for path in (target, parent):
         if os.path.exists(path) and not os.path.isdir(path):
@@ -155,6 +162,17 @@ def _check_target(target: str) -> None:
         os.rmdir(probe)
     except OSError as e:
         raise ExportError(f"--export_dir: cannot write in {parent}: {e.strerror or e}") from e
+
+
+def _check_remote_target(target: str) -> None:
+    """_check_target for object storage: an earlier export (or one whose copy-up a crash interrupted:
+    only export names, no export.json yet) may be replaced, nothing else; the folder must be creatable."""
+    if storage.exists(target, "export_dir") and not storage.isdir(target):
+        raise ExportError(f"--export_dir: {target} exists and is not a directory")
+    names = set(storage.listdir(target)) if storage.isdir(target) else set()
+    if names and layout.EXPORT_RECORD not in names and not names <= set(layout.EXPORT_FILES):
+        raise ExportError(f"--export_dir: {target} is not empty and holds no earlier export; choose a new directory")
+    storage.makedirs(target, "export_dir")
 
 
 def _lap(start: float) -> float:

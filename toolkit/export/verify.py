@@ -1,5 +1,7 @@
 """Re-running the parity gate on an existing export (python -m toolkit.parity): after copying an
-export, or touching it, its parity.json and export.json are brought up to date."""
+export, or touching it, its parity.json and export.json are brought up to date. An export on
+object storage (gs://, ram://) is checked in a local copy (onnxruntime and LiteRT read local files),
+and the files the check rewrote are copied back, export.json last."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import time
 
 from toolkit import layout
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.common.messages import one_line
 from toolkit.config import ExportConfig
 from toolkit.export import compare as parity_gate
@@ -21,7 +23,7 @@ from toolkit.export.record import ExportError, check_settings, result, set_statu
 def _run_beside(export_dir: str, export_record: dict) -> str:
     """The training directory an export sits in (the default place: <model_dir>/export); the export
     names its run by folder name only, so one copied elsewhere needs --model_dir."""
-    parent = os.path.dirname(os.path.abspath(export_dir))
+    parent = storage.parent(export_dir)
     if layout.has_run_record(parent):
         return parent
     raise ExportError(f"--model_dir: {export_dir} was exported from the run {export_record.get('model_dir', '?')!r} (named, "
@@ -49,11 +51,10 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
     """
     check_settings(ExportConfig(parity_images=parity_images, parity_atol=atol))
     path = os.path.join(export_dir, layout.EXPORT_RECORD)
-    try:
-        with open(path) as f:
-            export_record = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"--export_dir: cannot read {path}: {one_line(e)}") from e
+    export_record = _read_record(path)
+    if not storage.is_local(export_dir):
+        return _verify_remote(export_dir, model_dir or _run_beside(export_dir, export_record),
+                              dict(parity_images=parity_images, atol=atol, data_dir=data_dir, log=log))
     paths = export_gate.model_files(export_dir, export_record.get("artifacts", {}))
     paths.setdefault("onnx", os.path.join(export_dir, layout.ONNX_FILES["onnx"]))
     for needed in (os.path.join(export_dir, layout.SAVED_MODEL), *paths.values()):
@@ -76,3 +77,35 @@ def verify_export(export_dir: str, model_dir: str | None = None, parity_images: 
         log(line)
     log(f"parity: {export_record['status']} for {export_dir}")
     return result(os.path.abspath(export_dir), export_record, report)
+
+
+def _read_record(path: str) -> dict:
+    try:
+        with storage.open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"--export_dir: cannot read {path}: {one_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - gfile's own errors (a missing file on gs://, ram://)
+        if type(e).__module__.startswith("tensorflow"):
+            raise ExportError(f"--export_dir: cannot read {path}: {one_line(e)}") from e
+        raise
+
+
+def _verify_remote(export_dir: str, model_dir: str, options: dict) -> dict:
+    """verify_export on a local copy of an export on object storage; the files it rewrote go back."""
+    remote = export_dir.rstrip("/")
+    with storage.local_copy(remote) as local:
+        before = _digests(local)
+        outcome = verify_export(local, model_dir, **options)
+        changed = sorted((rel for rel, d in _digests(local).items() if before.get(rel) != d),
+                         key=lambda rel: rel == layout.EXPORT_RECORD)
+        for rel in changed:
+            atomic.upload(os.path.join(local, rel), f"{remote}/{rel}")
+        paths = {k: remote + v[len(local):] if v.startswith(local) else v for k, v in outcome["paths"].items()}
+    return {**outcome, "export_dir": remote, "paths": paths}
+
+
+def _digests(root: str) -> dict:
+    """{path relative to root, with /: (length, sha256)} of every file below a local folder."""
+    return {os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/"): storage.digest(os.path.join(d, n))
+            for d, _, names in os.walk(root) for n in names}

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.infer import predict as inference
 from toolkit.infer import prediction_files
 from toolkit.infer import loaders as runtimes
@@ -39,7 +39,7 @@ class LabelledData:
 def read_labelled(data_dir: str, split: str = "val") -> LabelledData:
     """The labelled images of a folder (DIR/<class>/..., or DIR/<split>/<class>/...) or of TFRecord
     shards (the `split` shards), as toolkit.evaluate's --data describes."""
-    if not data_dir or not os.path.isdir(data_dir):
+    if not data_dir or not storage.isdir(data_dir, "data"):
         raise runtimes.InferenceError(f"--data: {data_dir!r} is not a directory")
     if holds_shards(data_dir):
         from toolkit.data import shards
@@ -143,7 +143,7 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
     names = list(model.class_names)
     to_model = label_mapping(data.class_names, names, label_offset if data.source == "tfrecord" else 0)
     k = min(TOP_K, len(names))
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir, "out")
     labels, top1, topk_hits, failures = [], [], [], []
     right, wrong = Sample(grid, seed=0), Sample(grid, seed=1)
     start = time.perf_counter()
@@ -177,9 +177,9 @@ def evaluate(model: runtimes.Model, data: LabelledData, out_dir: str, batch_size
                                  [s["prediction"] for s in shown], names, os.path.join(out_dir, layout.PREDICTIONS_PNG),
                                  probabilities=[s["probability"] for s in shown])
     metrics = {
-        "model": os.path.abspath(model.path),
+        "model": storage.absolute(model.path),
         "backend": model.backend,
-        "data": os.path.abspath(data.directory),
+        "data": storage.absolute(data.directory),
         "data_format": data.source,
         "images": int(len(labels)),
         "failed": len(failures),

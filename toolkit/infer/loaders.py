@@ -11,7 +11,9 @@ file in the LiteRT interpreter.
   the toolkit (batch inference, evaluation, the parity gate at each graph optimization level).
 
 TensorFlow and onnxruntime are imported inside the loaders: resolve_model answers a bad --model in
-one line before either loads.
+one line before either loads. A model on object storage (gs://, ram://) is read where it is by
+TensorFlow (a SavedModel) and as bytes by LiteRT; onnxruntime loads a local copy of an .onnx file
+(toolkit.common.storage.local_copy, removed once the session holds the model).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from toolkit.common import storage
 from toolkit.common.messages import one_line
 from toolkit.config import BACKENDS  # noqa: F401 - the --backend choices, asked of this module too
 from toolkit import layout
@@ -64,22 +67,22 @@ def resolve_model(path: str, backend: str = "auto") -> tuple:
         raise InferenceError(f"--backend: must be auto, {' or '.join(BACKENDS)}, got {backend!r}")
     if not path:
         raise InferenceError("--model: must be set")
-    if not os.path.exists(path):
+    if not storage.exists(path, "model"):
         raise InferenceError(f"--model: {path} does not exist")
-    if os.path.isfile(path):
+    if storage.isfile(path):
         kind = {".onnx": "onnx", ".tflite": "tflite"}.get(os.path.splitext(path)[1])
         if kind is None:
             raise InferenceError(f"--model: {path} is neither an .onnx or .tflite file nor a SavedModel or export directory")
         found = {kind: path}
-    elif os.path.isfile(os.path.join(path, layout.SAVED_MODEL_PB)):
+    elif storage.isfile(os.path.join(path, layout.SAVED_MODEL_PB)):
         found = {"savedmodel": path}
     else:
         found = {}
-        if os.path.isfile(os.path.join(path, layout.ONNX)):
+        if storage.isfile(os.path.join(path, layout.ONNX)):
             found["onnx"] = os.path.join(path, layout.ONNX)
-        if os.path.isfile(os.path.join(path, layout.SAVED_MODEL, layout.SAVED_MODEL_PB)):
+        if storage.isfile(os.path.join(path, layout.SAVED_MODEL, layout.SAVED_MODEL_PB)):
             found["savedmodel"] = os.path.join(path, layout.SAVED_MODEL)
-        if os.path.isfile(os.path.join(path, layout.TFLITE)):
+        if storage.isfile(os.path.join(path, layout.TFLITE)):
             found["tflite"] = os.path.join(path, layout.TFLITE)
         if not found:
             raise InferenceError(f"--model: {path} holds no {layout.SAVED_MODEL_PB}, {layout.ONNX} or {layout.SAVED_MODEL}/")
@@ -116,11 +119,11 @@ def load_model(path: str, backend: str = "auto", threads: int = 0, optimization:
 
 def _labels_near(path: str) -> Optional[list]:
     """labels.txt beside an artifact or one level up (an export dir holds it beside model.onnx and saved_model/)."""
-    here = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
-    for folder in (here, os.path.dirname(here)):
+    here = storage.parent(path) if storage.isfile(path) else storage.absolute(path)
+    for folder in (here, storage.parent(here)):
         candidate = os.path.join(folder, layout.LABELS)
-        if os.path.isfile(candidate):
-            with open(candidate) as f:
+        if storage.isfile(candidate):
+            with storage.open(candidate) as f:
                 return [line.rstrip("\n") for line in f if line.strip()]
     return None
 
@@ -177,7 +180,8 @@ def to_layout(images_nhwc: np.ndarray, layout: str) -> np.ndarray:
 
 def _load_onnx(path: str, threads: int, optimization: str, layout: Optional[str]) -> Model:
     try:
-        session, run_outputs = onnx_session(path, threads, optimization, layout)
+        with storage.local_copy(path) as local:  # onnxruntime reads local files; the session keeps the model
+            session, run_outputs = onnx_session(local, threads, optimization, layout)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
         raise InferenceError(f"--model: cannot load {path}: {one_line(e)}") from e
     meta = session.get_modelmeta().custom_metadata_map
@@ -222,7 +226,7 @@ def _load_saved_model(path: str, threads: int) -> Model:
     labels = getattr(loaded, "labels", None)
     names = None
     if labels is not None and hasattr(labels, "asset_path"):
-        with open(labels.asset_path.numpy().decode()) as f:
+        with storage.open(labels.asset_path.numpy().decode()) as f:
             names = [line.rstrip("\n") for line in f if line.strip()]
     width = fn.structured_outputs[PROBABILITIES].shape[-1] if PROBABILITIES in fn.structured_outputs else None
     names = _class_names(names, width or 0, path)
@@ -252,7 +256,8 @@ def _load_tflite(path: str, threads: int) -> Model:
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_path=path, num_threads=threads or None)
+        interp = (Interpreter(model_path=path, num_threads=threads or None) if storage.is_local(path) else
+                  Interpreter(model_content=storage.read_bytes(path), num_threads=threads or None))
         signatures = interp.get_signature_list()
         if SERVING_SIGNATURE not in signatures:
             raise ValueError(f"{path} has no {SERVING_SIGNATURE} signature (it has {sorted(signatures)})")

@@ -35,6 +35,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from toolkit.common import storage
 from toolkit.common.batches import nonempty_batches
 from toolkit.common.errors import NothingScored
 from toolkit.common.messages import one_line, op_message
@@ -96,15 +97,16 @@ def list_inputs(specs: Sequence[str]) -> Inputs:
         specs = [specs]
     files = []
     for spec in specs:
-        if os.path.isdir(spec):
+        if storage.isdir(spec):
             inside = visible_files(spec)
             records = [f for f in inside if _is_tfrecord(f)]
             files.extend(records or inside)
-        elif os.path.isfile(spec):
+        elif storage.isfile(spec):
             files.append(spec)
         elif glob.has_magic(spec):
-            for match in sorted(glob.glob(spec, recursive=True)):
-                files.extend(visible_files(match) if os.path.isdir(match) else [match])
+            matches = glob.glob(spec, recursive=True) if storage.is_local(spec) else storage.glob(spec)
+            for match in sorted(matches):
+                files.extend(visible_files(match) if storage.isdir(match) else [match])
         else:
             raise InferenceError(f"--inputs: {spec} does not exist")
     files = list(dict.fromkeys(files))
@@ -122,11 +124,11 @@ def _read(inputs: Inputs) -> Iterator[tuple]:
         labels = inputs.labels or (-1,) * len(inputs.files)
         for path, label in zip(inputs.files, labels):
             try:
-                size = os.path.getsize(path)
+                size = storage.size(path)
                 if size > MAX_FILE_BYTES:
                     yield path, label, f"file too large: {size / 2**20:.0f} MB (the cap is {MAX_FILE_BYTES / 2**20:.0f} MB)"
                     continue
-                with open(path, "rb") as f:
+                with storage.open(path, "rb") as f:
                     yield path, label, f.read()
             except OSError as e:
                 yield path, label, f"unreadable file: {e.strerror or e}"

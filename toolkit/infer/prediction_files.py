@@ -1,4 +1,5 @@
-"""Prediction files: batch inference results as .csv or .jsonl, written atomically."""
+"""Prediction files: batch inference results as .csv or .jsonl, written atomically (on object storage,
+gs:// or ram://, from a local spool: toolkit.common.atomic)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 from typing import Sequence
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.infer.loaders import InferenceError
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -18,6 +19,8 @@ def check_output(path: str) -> str:
     fmt = os.path.splitext(path)[1].lower()
     if fmt not in OUTPUT_FORMATS:
         raise InferenceError(f"--output: {path!r} must end in {' or '.join(OUTPUT_FORMATS)}")
+    if not storage.is_local(path):
+        return _check_remote(path, fmt)
     if os.path.isdir(path):
         raise InferenceError(f"--output: {path} is a directory")
     parent = os.path.dirname(os.path.abspath(path))
@@ -27,6 +30,13 @@ def check_output(path: str) -> str:
         raise InferenceError(f"--output: cannot create {parent}: {e.strerror or e}") from e
     if not os.access(parent, os.W_OK):
         raise InferenceError(f"--output: cannot write in {parent}")
+    return fmt
+
+
+def _check_remote(path: str, fmt: str) -> str:
+    if storage.isdir(path, "output"):
+        raise InferenceError(f"--output: {path} is a directory")
+    storage.makedirs(storage.parent(path), "output")
     return fmt
 
 

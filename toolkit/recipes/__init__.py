@@ -18,6 +18,7 @@ import os
 from typing import Optional
 
 from toolkit import layout
+from toolkit.common import storage
 from toolkit.common.errors import BadInput
 from toolkit.config import RECIPES
 
@@ -71,7 +72,7 @@ def choose(requested: str, data_dir: str, init_weights: str) -> tuple:
         return "demo", "no --data_dir: the built-in demo dataset"
     if init_weights:
         return "finetune", f"--init_weights {init_weights}"
-    count = training_images(data_dir) if os.path.isdir(data_dir) else None
+    count = training_images(data_dir) if storage.isdir(data_dir) else None
     if count is not None and count < SMALL_DATA_IMAGES:
         return "small_data", f"{count} training images (fewer than {SMALL_DATA_IMAGES})"
     known = f"{count} training images" if count is not None else "shards without a manifest"

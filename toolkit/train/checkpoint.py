@@ -17,6 +17,7 @@ from typing import Optional
 import tensorflow as tf
 
 from toolkit import layout
+from toolkit.common import storage
 from toolkit.common.errors import BadInput, disk_full
 from toolkit.common.logs import log
 from toolkit.common.messages import one_line
@@ -24,14 +25,16 @@ from toolkit.common.scratch import make_scratch_dir
 
 
 def set_aside_previous_run(model_dir: str) -> Optional[str]:
-    """For --fresh: move an earlier run's checkpoints and logs into previous-<time>/ (never delete)."""
-    names = [n for n in layout.RUN_STATE if os.path.exists(os.path.join(model_dir, n))]
+    """For --fresh: move an earlier run's checkpoints and logs into previous-<time>/ (never delete).
+    On object storage a folder is copied, then deleted (toolkit.common.storage.move): a crash midway
+    leaves both copies."""
+    names = [n for n in layout.RUN_STATE if storage.exists(os.path.join(model_dir, n))]
     if not names:
         return None
     dest = os.path.join(model_dir, time.strftime(layout.PREVIOUS_RUN))
-    os.makedirs(dest, exist_ok=True)
+    storage.makedirs(dest)
     for n in names:
-        os.replace(os.path.join(model_dir, n), os.path.join(dest, n))
+        storage.move(os.path.join(model_dir, n), os.path.join(dest, n))
     return dest
 
 
@@ -71,7 +74,7 @@ class Checkpointer:
         Raises:
           BadInput: checkpoints exist and not one can be read (one line naming the folder and --fresh).
         """
-        candidates = [p for p in reversed(self._read_manager.checkpoints) if os.path.exists(p + ".index")]
+        candidates = [p for p in reversed(self._read_manager.checkpoints) if storage.exists(p + ".index")]
         self.damaged = []
         for path in candidates:
             try:
@@ -92,11 +95,13 @@ class Checkpointer:
         if not self.damaged or not self.is_chief:
             return None
         dest = os.path.join(self.directory, time.strftime(layout.DAMAGED_CHECKPOINTS))
-        os.makedirs(dest, exist_ok=True)
+        storage.makedirs(dest)
         for prefix in self.damaged:
             for path in tf.io.gfile.glob(prefix + ".*"):
-                os.replace(path, os.path.join(dest, os.path.basename(path)))
+                storage.move(path, os.path.join(dest, os.path.basename(path)))
         kept = [os.path.basename(p) for p in self.manager.checkpoints if p not in self.damaged]  # relative, as the manager writes them
+        if not storage.is_local(self.directory):  # TensorFlow makes names relative to a URL itself, and would take these as the cwd's
+            kept = [f"{self.directory}/{name}" for name in kept]
         tf.compat.v1.train.update_checkpoint_state(self.directory, kept[-1] if kept else "", all_model_checkpoint_paths=kept)
         self.manager = self._read_manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
         log(f"set the unreadable checkpoints aside in {dest}")
@@ -120,14 +125,14 @@ class Checkpointer:
         """What a failed save left: TensorFlow writes ckpt-N's files under a ckpt-N_temp folder first."""
         directory = self.directory if self.is_chief else self._scratch
         for path in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{number}_temp*")):
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            storage.rmtree(path) if storage.isdir(path) else storage.remove(path)
 
     def _size_hint(self) -> str:
         """", about N MB a checkpoint" from the newest complete one, or "" when there is none."""
         latest = self._read_manager.latest_checkpoint
         if not latest:
             return ""
-        size = sum(os.path.getsize(p) for p in tf.io.gfile.glob(latest + ".*"))
+        size = sum(storage.size(p) for p in tf.io.gfile.glob(latest + ".*"))
         return f" (about {size / 1e6:.0f} MB a checkpoint)"
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from toolkit.common import atomic
+from toolkit.common import atomic, storage
 from toolkit.common import reports
 from toolkit.common.batches import nonempty_batches
 from toolkit import layout
@@ -73,7 +73,7 @@ def write_reports(model, eval_dataset: tf.data.Dataset, class_names, model_dir: 
     """
     paths = {}
     metrics_path = os.path.join(model_dir, layout.METRICS)
-    if os.path.exists(metrics_path):
+    if storage.exists(metrics_path):
         paths["curves"] = reports.plot_curves(reports.read_metrics(metrics_path), os.path.join(model_dir, layout.CURVES))
     got = collect_predictions(model, eval_dataset, CONFUSION_LIMIT, PREDICTION_GRID)
     n = len(got["images"])
@@ -101,13 +101,13 @@ def best_epoch(evaluations: list, key: str = "val_top1") -> tuple:
 def validation_history(model_dir: str) -> list:
     """Every evaluation of the run in metrics.jsonl (the parts before a resume included), in order."""
     path = os.path.join(model_dir, layout.METRICS)
-    records = reports.read_metrics(path) if os.path.exists(path) else []
+    records = reports.read_metrics(path) if storage.exists(path) else []
     return [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in records if r.get("kind") == "val"]
 
 
 def read_summary(model_dir: str) -> dict:
     """model_dir/summary.json."""
-    with open(os.path.join(model_dir, layout.SUMMARY)) as f:
+    with storage.open(os.path.join(model_dir, layout.SUMMARY)) as f:
         return json.load(f)
 
 

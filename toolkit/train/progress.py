@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import layout
+from toolkit.common import atomic, storage
 from toolkit.common.logs import log
 
 
@@ -89,24 +90,52 @@ class ProgressLine:
                             "learning_rate": learning_rate, "images_per_sec": rate}, "train")
 
 
+class RewrittenFile:
+    """A small text file on object storage that grows by lines. Appending is impossible there, so each
+    line rewrites the whole file (toolkit.common.atomic, from the text kept here): a progress interval's
+    line is a few hundred bytes, and a reader, or a crash, finds every line written so far. (Keeping
+    the file local and copying it up at each checkpoint would lose the lines of a crashed process.)"""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.text = storage.read_bytes(path).decode("utf-8") if storage.exists(path) else ""
+        if not self.text:  # a new run's file exists from its start, as a local one does
+            atomic.write_text(self.path, self.text)
+
+    def append(self, line: str) -> None:
+        self.text += line
+        atomic.write_text(self.path, self.text)
+
+
 class MetricsLog:
     """Appends JSON lines to model_dir/metrics.jsonl and scalars to model_dir/tensorboard/{train,val}.
 
-    With model_dir None (a non-chief worker) it writes nothing.
+    With model_dir None (a non-chief worker) it writes nothing. On object storage (gs://) the lines
+    go through a RewrittenFile; TensorBoard's writers write there themselves (tf.io.gfile).
     """
 
     def __init__(self, model_dir: Optional[str]):
-        self._file = None
+        self._file = self._remote = None
         self._writers = {}
         if model_dir is None:
             return
         self._path = os.path.join(model_dir, layout.METRICS)
-        self._file = open(self._path, "a", buffering=1)
+        if storage.is_local(self._path):
+            self._file = open(self._path, "a", buffering=1)
+        else:
+            self._remote = RewrittenFile(self._path)
         self._tb_root = os.path.join(model_dir, layout.TENSORBOARD)
 
     def write(self, record: dict, kind: str) -> None:
-        if self._file is None:
+        if self._remote is not None:
+            self._remote.append(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
+        elif self._file is None:
             return
+        else:
+            self._append(record, kind)
+        self._summarize(record, kind)
+
+    def _append(self, record: dict, kind: str) -> None:
         end = os.fstat(self._file.fileno()).st_size
         try:
             self._file.write(json.dumps({"kind": kind, "time": time.time(), **record}) + "\n")
@@ -121,6 +150,8 @@ class MetricsLog:
             os.truncate(self._path, end)
             self._file = open(self._path, "a", buffering=1)
             raise
+
+    def _summarize(self, record: dict, kind: str) -> None:
         writer = self._writers.get(kind)
         if writer is None:
             writer = self._writers[kind] = tf.summary.create_file_writer(os.path.join(self._tb_root, kind))
@@ -134,5 +165,6 @@ class MetricsLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._remote = None
         for writer in self._writers.values():
             writer.close()

@@ -25,7 +25,7 @@ from toolkit.train import cluster, distribute
 from toolkit.train import ema
 from toolkit.train import steps as loop
 from toolkit.train import optim
-from toolkit.common import machine
+from toolkit.common import machine, storage
 from toolkit.config import Config, ConfigError, DataConfig, validate
 from toolkit.data import pipeline, prepare, shards, sources
 from toolkit.common.logs import log
@@ -83,7 +83,7 @@ class Session:
     @property
     def finished(self) -> bool:
         """The checkpoint is at the last step and the run's summary was written: nothing left to do."""
-        return self.start_step >= self.total_steps and os.path.exists(os.path.join(self.model_dir, layout.SUMMARY))
+        return self.start_step >= self.total_steps and storage.exists(os.path.join(self.model_dir, layout.SUMMARY))
 
 
 def setup(config: Config) -> Session:
@@ -167,7 +167,7 @@ def resolve_data_dir(config: Config, is_chief: bool = True) -> str:
                     else make_scratch_dir("toolkit-worker-data-"))
         return prepare.shards_for(config.data.data_dir, work_dir, log)
     if is_chief:
-        os.makedirs(config.train.model_dir, exist_ok=True)
+        storage.makedirs(config.train.model_dir, "model_dir")
         demo_dir = os.path.join(config.train.model_dir, layout.DEMO_DATA)
     else:
         demo_dir = make_scratch_dir("toolkit-worker-demo-")
@@ -194,7 +194,7 @@ def _data_facts(config: Config, rt: distribute.Runtime) -> tuple:
     """(DataConfig with data_dir resolved, DatasetInfo, steps per epoch)."""
     d, m, t = config.data, config.model, config.train
     if rt.is_chief:  # the other workers only read model_dir (the chief's checkpoints)
-        os.makedirs(t.model_dir, exist_ok=True)
+        storage.makedirs(t.model_dir, "model_dir")
     data_dir = resolve_data_dir(config, rt.is_chief)
     info = shards.read_dataset_info(data_dir)
     if not (m.num_classes or info.num_classes):
