@@ -126,7 +126,8 @@ def steps_per_loop_equivalence():
         out[name] = {
             "losses_loop": loop_losses,
             "losses_single": single_losses,
-            "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(loop_weights, single_weights)),
+            # relative for large values (BatchNorm's moving variances reach the tens here: one float32 ulp is 4e-6)
+            "max_weight_diff": max(float(np.max(np.abs(a - b) / (1 + np.abs(b)))) for a, b in zip(loop_weights, single_weights)),
             "weights_moved": max(float(np.max(np.abs(a - b))) for a, b in zip(loop_weights, initial)),
         }
     return out

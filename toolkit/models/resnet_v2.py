@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from toolkit.models.batchnorm import FusedBatchNormalization
+
 # blocks per stage; filters per stage are (64, 128, 256, 512) with a 4x bottleneck expansion
 # 26 (two blocks per stage, as timm's resnet26) is ours: about 1.7x fewer FLOPs than 50, for small datasets
 # on a small budget; it has no published ImageNet weights.
@@ -27,7 +29,8 @@ BN_MOMENTUM = 0.9
 
 
 def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
-    return layers.BatchNormalization(
+    # Keras' layer, with the training step through TensorFlow's fused kernel (toolkit.models.batchnorm)
+    return FusedBatchNormalization(
         axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
     )
 
