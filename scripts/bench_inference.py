@@ -38,7 +38,7 @@ from bench_clock import cpu_seconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("TOOLKIT_SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
 PHOTOS = os.path.join(SHARED_DATA, "hymenoptera")
-FORMATS = ("onnx_fp32", "onnx_int8", "savedmodel", "tflite_fp32", "tflite_int8")
+FORMATS = ("onnx_fp32", "onnx_fp16", "onnx_int8", "savedmodel", "tflite_fp32", "tflite_int8")
 TFLITE = {"tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite"}  # timed when the export holds them (LiteRT)
 
 
@@ -139,7 +139,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
     base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}_photos-{folder_digest(photos)}")
     target = os.path.join(base, "export")
-    if os.path.exists(os.path.join(target, "model_int8.onnx")) and os.path.exists(os.path.join(target, layout.EXPORT_RECORD)):
+    if all(os.path.exists(os.path.join(target, f)) for f in (layout.ONNX_FILES["onnx_int8"], layout.ONNX_FILES["onnx_fp16"], layout.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")
         return target
     data_dir, model_dir = os.path.join(base, "shards"), os.path.join(base, "run")
@@ -160,7 +160,8 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     })
     start = time.time()
     try:
-        exporting.export_model(model_dir, ExportConfig(export_dir=target, onnx_int8=True, tflite=True, tflite_int8=True, parity_images=32), log=log)
+        exporting.export_model(model_dir, ExportConfig(export_dir=target, onnx_fp16=True, onnx_int8=True, tflite=True, tflite_int8=True,
+                                                          parity_images=32), log=log)
     except exporting.ParityError as e:  # the artifacts are in place; the benchmark still measures them
         log(f"inference: {e}")
     log(f"inference: export built in {time.time() - start:.0f} s")
@@ -209,6 +210,7 @@ def timed(run, images: np.ndarray, batch: int) -> tuple:
 
 
 def run(args) -> dict:
+    from toolkit import layout
     from toolkit.infer import predict as inference
     from toolkit.infer import loaders as runtimes
     from toolkit.data import preprocess
@@ -232,8 +234,9 @@ def run(args) -> dict:
         "onnx_fp32": runtimes.load_model(os.path.join(export_dir, "model.onnx"), "onnx", threads),
         "savedmodel": runtimes.load_model(os.path.join(export_dir, "saved_model"), "savedmodel", threads),
     }
-    if os.path.exists(os.path.join(export_dir, "model_int8.onnx")):
-        models["onnx_int8"] = runtimes.load_model(os.path.join(export_dir, "model_int8.onnx"), "onnx", threads)
+    for name in ("onnx_fp16", "onnx_int8"):
+        if os.path.exists(os.path.join(export_dir, layout.ONNX_FILES[name])):
+            models[name] = runtimes.load_model(os.path.join(export_dir, layout.ONNX_FILES[name]), "onnx", threads)
     models.update({name: runtimes.load_model(os.path.join(export_dir, f), "tflite", threads)
                    for name, f in TFLITE.items() if os.path.exists(os.path.join(export_dir, f))})
     batch = args.inference_batch_size
@@ -262,9 +265,12 @@ def run(args) -> dict:
     if "onnx_int8" in outputs:
         results["int8_top1_agreement"] = float(np.mean(outputs["onnx_int8"].argmax(1) == outputs["onnx_fp32"].argmax(1)))
         results["int8_max_abs_diff_probabilities"] = float(np.abs(outputs["onnx_int8"] - outputs["onnx_fp32"]).max())
+    if "onnx_fp16" in outputs:
+        results["fp16_top1_agreement"] = float(np.mean(outputs["onnx_fp16"].argmax(1) == outputs["onnx_fp32"].argmax(1)))
     results["onnx_fp32_end_to_end_images_per_sec"] = round(end_to_end, 2)
+    results["end_to_end_share_of_onnx_fp32"] = round(end_to_end / best["onnx_fp32"], 3)
     sm = best["savedmodel"]
-    results.update({f"{name}_vs_savedmodel": round(best[name] / sm, 2) for name in ("onnx_fp32", "onnx_int8", *TFLITE) if name in best})
+    results.update({f"{name}_vs_savedmodel": round(best[name] / sm, 2) for name in ("onnx_fp32", "onnx_fp16", "onnx_int8", *TFLITE) if name in best})
     if "tflite_int8" in outputs:
         results["tflite_int8_top1_agreement"] = float(np.mean(outputs["tflite_int8"].argmax(1) == outputs["onnx_fp32"].argmax(1)))
     results["keras_one_by_one_vs_savedmodel"] = round(keras_rate / sm, 3)
@@ -299,12 +305,16 @@ def table(r: dict) -> tuple:
     """(header, rows) of the printed benchmark table."""
     header = ("inference", "images/s", "CPU ms / image", "vs SavedModel")
     cpu = r.get("cpu_ms_per_image", {})
-    names = {"onnx_fp32": "ONNX float32 (onnxruntime)", "onnx_int8": "ONNX int8 (static QDQ)",
+    names = {"onnx_fp32": "ONNX float32 (onnxruntime)", "onnx_fp16": "ONNX float16 (onnxruntime)",
+             "onnx_int8": "ONNX int8 (static QDQ)",
              "savedmodel": "TF SavedModel", "tflite_fp32": "TFLite float32 (LiteRT)", "tflite_int8": "TFLite int8 (LiteRT)",
              "keras_one_by_one": "Keras model.predict, one image per call"}
     rows = [(label, r[f"{key}_images_per_sec"], cpu.get(key, "-"), f"{r[f'{key}_images_per_sec'] / r['savedmodel_images_per_sec']:.2f}x")
             for key, label in names.items() if f"{key}_images_per_sec" in r]
-    rows.append(("batch_infer pipeline from files, ONNX float32", r["onnx_fp32_end_to_end_images_per_sec"], "-", "-"))
-    if "int8_top1_agreement" in r:
-        rows.append(("int8 top-1 agreement with float32", f"{100 * r['int8_top1_agreement']:.1f}%", "-", "-"))
+    share = r.get("end_to_end_share_of_onnx_fp32")
+    rows.append(("python -m toolkit.infer from the photo files, ONNX float32" + (f" ({100 * share:.0f}% of the model's speed)" if share else ""),
+                 r["onnx_fp32_end_to_end_images_per_sec"], "-", "-"))
+    for key, label in (("fp16_top1_agreement", "fp16"), ("int8_top1_agreement", "int8"), ("tflite_int8_top1_agreement", "TFLite int8")):
+        if key in r:
+            rows.append((f"{label} top-1 agreement with float32", f"{100 * r[key]:.1f}%", "-", "-"))
     return header, rows

@@ -58,6 +58,17 @@ def variant_name(kind: str, precision: str, compiled: bool) -> str:
     return f"{kind}_{precision}" + (("_jit" if kind == "keras_fit" else "_xla") if compiled else "")
 
 
+PROFILE_ENV = "TOOLKIT_BENCH_PROFILE"  # a folder: TensorFlow's profiler traces the timed steps into it (bench_profile.py)
+
+
+def _profiler(start: bool) -> None:
+    folder = os.environ.get(PROFILE_ENV)
+    if folder:
+        import tensorflow as tf
+
+        tf.profiler.experimental.start(folder) if start else tf.profiler.experimental.stop()
+
+
 def _progress(done: int, seconds: float, cpu: float) -> None:
     """One line per timed step: the parent computes a rate from them if the variant runs out of time."""
     print(json.dumps({"timed_steps": done, "seconds": seconds, "cpu_seconds": cpu}), flush=True)
@@ -89,6 +100,7 @@ def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: in
     iterator = iter(rt.strategy.experimental_distribute_dataset(pipeline.make_train_dataset(data, info.split_files("train"), per_epoch)))
     for _ in range(warmup):  # tracing, the XLA compile, first allocations
         trainer.train_steps(iterator, 1)["loss"].numpy()
+    _profiler(start=True)
     start, cpu, done = time.perf_counter(), cpu_seconds(), 0
     while done < steps:  # in chunks of steps_per_loop, as training.fit calls it
         n = min(rt.steps_per_loop, steps - done)
@@ -96,6 +108,7 @@ def measure_toolkit(v: Variant, data_dir: str, batch: int, size: int, warmup: in
         done += n
         _progress(done, time.perf_counter() - start, cpu_seconds() - cpu)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    _profiler(start=False)
     return {"seconds": seconds, "cpu_seconds": cpu, "settings": {
         "precision": rt.precision, "precision_why": rt.precision_note, "xla": rt.xla, "xla_why": rt.xla_note, "steps_per_loop": rt.steps_per_loop, "threads": rt.threads}}
 
@@ -117,12 +130,14 @@ def measure_keras_fit(v: Variant, folder: str, batch: int, size: int, warmup: in
     class Clock(keras.callbacks.Callback):  # the timed steps are those after the warm-up, as for the toolkit
         def on_train_batch_end(self, index, logs=None):
             if index + 1 == warmup:
+                _profiler(start=True)
                 clock.update(start=time.perf_counter(), cpu=cpu_seconds())
             elif index + 1 > warmup:
                 clock.update(seconds=time.perf_counter() - clock["start"], cpu_seconds=cpu_seconds() - clock["cpu"])
                 _progress(index + 1 - warmup, clock["seconds"], clock["cpu_seconds"])
 
     model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[Clock()])
+    _profiler(start=False)
     return {"seconds": clock["seconds"], "cpu_seconds": clock["cpu_seconds"],
             "settings": {"precision": v.precision, "policy": keras.mixed_precision.global_policy().name, "jit_compile": bool(model.jit_compile)}}
 
@@ -141,12 +156,12 @@ def measure(variant: str, data_dir: str, folder: str, batch: int, size: int, war
 
 
 def run_variant_subprocess(variant: str, data_dir: str, folder: str, batch: int, size: int, warmup: int, steps: int,
-                           timeout: float | None = None, auto: bool = False) -> dict:
+                           timeout: float | None = None, auto: bool = False, env: dict | None = None) -> dict:
     """Run one variant in a fresh interpreter: its measure() dict, or {"error": ...}; past the timeout,
     the rate of the timed steps it finished (marked "partial") when there were any."""
     cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--data_dir", data_dir, "--folder", folder,
            "--batch_size", str(batch), "--image_size", str(size), "--warmup", str(warmup), "--steps", str(steps)] + (["--auto"] * auto)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as e:
