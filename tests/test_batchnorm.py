@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from toolkit.models.batchnorm import FusedBatchNormalization
+from toolkit.models import batchnorm
 
 POLICIES = {"fp32": ("float32", 2e-5), "bf16": ("mixed_bfloat16", 3e-2), "fp16": ("mixed_float16", 4e-3)}
 
@@ -17,7 +17,7 @@ POLICIES = {"fp32": ("float32", 2e-5), "bf16": ("mixed_bfloat16", 3e-2), "fp16":
 def _pair(policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        layers = [cls(momentum=0.9, epsilon=1.001e-5) for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
+        layers = [cls(momentum=0.9, epsilon=1.001e-5) for cls in (keras.layers.BatchNormalization, batchnorm.BatchNormalization)]
         for layer in layers:
             layer.build((None, 6, 5, 8))
         rng = np.random.default_rng(0)
@@ -61,4 +61,29 @@ def test_inference_is_keras_own_code_and_the_variables_are_keras_own():
     np.testing.assert_array_equal(keras_bn(x, training=False).numpy(), fused_bn(x, training=False).numpy())
     assert [v.path.split("/")[-1] for v in fused_bn.weights] == [v.path.split("/")[-1] for v in keras_bn.weights]
     rebuilt = keras.layers.deserialize(keras.layers.serialize(fused_bn))
-    assert type(rebuilt) is FusedBatchNormalization and rebuilt.momentum == 0.9
+    assert type(rebuilt) is batchnorm.BatchNormalization and rebuilt.momentum == 0.9
+
+
+def test_weights_files_of_keras_own_layer_and_of_this_one_load_into_each_other(tmp_path):
+    """A .weights.h5 names each layer after its class: earlier runs' files (Keras' BatchNormalization)
+    must load into today's model, and today's into a model built with Keras' layer."""
+
+    def tiny(bn_class):
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        x = bn_class(name="bn_a")(x)
+        x = keras.layers.Conv2D(4, 3, name="conv2")(x)
+        x = bn_class(name="bn_b")(x)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+    rng = np.random.default_rng(4)
+    for source, target in ((keras.layers.BatchNormalization, batchnorm.BatchNormalization),
+                           (batchnorm.BatchNormalization, keras.layers.BatchNormalization)):
+        saved = tiny(source)
+        saved.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in saved.get_weights()])
+        path = str(tmp_path / f"{source.__module__.split('.')[0]}.weights.h5")
+        saved.save_weights(path)
+        loaded = tiny(target)
+        loaded.load_weights(path)
+        for a, b in zip(saved.get_weights(), loaded.get_weights()):
+            np.testing.assert_array_equal(a, b)

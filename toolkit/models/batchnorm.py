@@ -22,8 +22,13 @@ FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 
 
 @keras.saving.register_keras_serializable(package="toolkit")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """keras.layers.BatchNormalization, with the training step through tf.compat.v1.nn.fused_batch_norm."""
+class BatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization, with the training step through tf.compat.v1.nn.fused_batch_norm.
+
+    The class keeps Keras' name: a `.weights.h5` file keys each layer by its class name (snake case,
+    numbered), so weights saved with Keras' layer (earlier runs, --init_weights files) load into
+    this one and the other way round.
+    """
 
     def _fusable(self, inputs, training, mask) -> bool:
         return (bool(training) and self.trainable and mask is None and not self.renorm and not self.synchronized

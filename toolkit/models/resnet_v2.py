@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from toolkit.models.batchnorm import FusedBatchNormalization
+from toolkit.models import batchnorm
 
 # blocks per stage; filters per stage are (64, 128, 256, 512) with a 4x bottleneck expansion
 # 26 (two blocks per stage, as timm's resnet26) is ours: about 1.7x fewer FLOPs than 50, for small datasets
@@ -30,7 +30,7 @@ BN_MOMENTUM = 0.9
 
 def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
     # Keras' layer, with the training step through TensorFlow's fused kernel (toolkit.models.batchnorm)
-    return FusedBatchNormalization(
+    return batchnorm.BatchNormalization(
         axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
     )
 
