@@ -118,7 +118,7 @@ def test_a_built_export_is_reused_only_for_the_same_photos(tmp_path, monkeypatch
         ih.copy_into(str(photos / "train" / "ants"), ih.photos("ants", 1))
     done = work / f"resnet50v2_32px_random_photos-{bi.folder_digest(str(a))}" / "export"
     done.mkdir(parents=True)
-    for name in ("model_int8.onnx", layout.EXPORT_RECORD):
+    for name in (layout.ONNX_FILES["onnx_int8"], layout.ONNX_FILES["onnx_fp16"], layout.EXPORT_RECORD):
         (done / name).write_text("{}")
     logged = []
     assert bi.build_export(str(work), str(a), 32, log=logged.append) == str(done) and "reusing" in logged[0]

@@ -161,3 +161,37 @@ def test_explicit_variants_and_unknown_ones():
     assert [v.name for v in plan.variants] == ["notebook", "keras_fit_bf16_jit", "toolkit_fp32"] and plan.keras == ["keras_fit_bf16_jit"]
     with pytest.raises(SystemExit, match="--train_variants"):
         bench_train.plan_from_arguments(argparse.Namespace(train_variants="keras_fit", quick=False), default("bf16", False))
+
+
+def test_the_profile_reads_a_real_trace_back_per_op_type_and_category(tmp_path):
+    """scripts/bench_profile.py: a trace of 4 convolutions and 4 BatchNorm steps, read back with
+    TensorFlow's converter: every op counted, each in its category."""
+    import tensorflow as tf
+
+    import bench_profile
+
+    x, kernel = tf.ones([4, 32, 32, 8]), tf.ones([3, 3, 8, 8])
+
+    @tf.function
+    def step(x):
+        y = tf.nn.conv2d(x, kernel, 1, "SAME")
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(y, tf.ones([8]), tf.zeros([8]), is_training=True)
+        return tf.nn.relu(y)
+
+    step(x)
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(4):
+        step(x).numpy()
+    tf.profiler.experimental.stop()
+    ops = bench_profile.op_times(str(tmp_path))
+    convs = {k: v for k, v in ops.items() if "Conv2D" in k}
+    norms = {k: v for k, v in ops.items() if "BatchNorm" in k}
+    assert sum(n for _, n in convs.values()) == 4 and sum(n for _, n in norms.values()) == 4, ops
+    assert all(ms > 0 for ms, _ in ops.values())
+    assert {bench_profile.category(k) for k in convs} == {"convolution"}
+    assert {bench_profile.category(k) for k in norms} == {"batchnorm"}
+    assert bench_profile.category("_MklNativeConv2DBackpropFilter") == "convolution"
+    assert bench_profile.category("ResourceApplyAdam") == "optimizer / variables"
+    assert bench_profile.category("ReluGrad") == "relu / elementwise / pooling"
+    assert bench_profile.category("IteratorGetNext") == "input pipeline"
+    assert bench_profile.category("NoSuchOp") == "other"
