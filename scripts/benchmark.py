@@ -196,7 +196,7 @@ def report(results: dict) -> str:
 
 QUICK = {"seconds": 1.0, "rounds": 1, "warmup_batches": 1,
          "train_image_size": 32, "train_batch_size": 4, "train_warmup": 1, "train_steps": 2, "train_timeout": 300.0,
-         "inference_images": 16, "inference_rounds": 1, "inference_keras_images": 2}
+         "inference_images": 16, "inference_rounds": 1, "inference_keras_images": 2, "inference_end_to_end_images": 32}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -155,6 +155,34 @@ def test_a_mixed_folder_scores_the_good_files_and_reports_the_rest(model, tmp_pa
 
 
 @pytest.mark.slow
+def test_failures_on_both_sides_of_the_readers_chunks_keep_every_result_in_place(model, good_photos, tmp_path):
+    """The reader hands tf.data CHUNK inputs at a time: failures checked in Python (empty, not an
+    image) and failures of TensorFlow's decode (truncated) at a chunk's first and last places, and
+    a last chunk holding only failures, still come back one result per input, in input order."""
+    _, photos = good_photos
+    size = 3 * inference.CHUNK + 2
+    bad = {0: ("empty.jpg", b"", "empty file"), inference.CHUNK - 1: ("notes.txt", b"text", "not an image"),
+           inference.CHUNK: ("cut.jpg", open(photos[0], "rb").read()[:900], "cannot decode"),
+           size - 2: ("late.jpg", b"", "empty file"), size - 1: ("last.jpg", b"\xff\xd8\xff\xe0 x", "corrupt image")}
+    paths = []
+    for i in range(size):
+        name, data, _ = bad.get(i, (f"{i:03d}.jpg", open(photos[i % len(photos)], "rb").read(), ""))
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    loaded = runtimes.load_model(model.onnx, "onnx")
+    results = list(inference.predict(loaded, inference.Inputs(tuple(paths), count=size), batch_size=5))
+    assert [r.index for r in results] == list(range(size)) and [r.input for r in results] == paths
+    for r in results:
+        if r.index in bad:
+            assert not r.ok and bad[r.index][2] in r.error, (r.index, r.error)
+        else:
+            assert r.ok, (r.index, r.error)
+    good = [r for r in results if r.ok]
+    expected = ih.saved_model_probabilities(model.saved_model, [r.input for r in good])
+    np.testing.assert_allclose(np.stack([r.probabilities for r in good]), expected, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_nothing_scored_exits_6_but_still_writes_the_reasons(model, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()

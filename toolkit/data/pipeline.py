@@ -12,6 +12,7 @@ partial last batch kept.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -78,6 +79,24 @@ def _block_shuffle(records: tf.data.Dataset, block: int, seed) -> tf.data.Datase
         lambda i, b: tf.random.experimental.stateless_shuffle(b, seed=tf.stack([seed[0], seed[1] * 1000003 + i]))
     )
     return shuffled.unbatch()
+
+
+def decode_threads() -> int:
+    """Parallel decodes for a pipeline that runs without tf.data's autotuning: the usable cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def without_autotune() -> tf.data.Options:
+    """Options for a one-pass pipeline whose iterator is dropped at its end (evaluation, inference).
+
+    With autotuning on, destroying a tf.data iterator waits for the autotuner's thread, which in
+    TF 2.21 sometimes sleeps out its optimization period first: up to 10 s at the end of each pass
+    (BENCHMARKS.md, "Measurements behind code choices"). Without it there is no such thread; its
+    parallelism and buffers must then be given explicitly.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def _options(config: DataConfig) -> tf.data.Options:
@@ -220,6 +239,6 @@ def make_eval_dataset(
         label = tf.cast(ex[schema.LABEL] - config.label_offset, tf.int32)
         return preprocess.eval_input(ex[schema.ENCODED], image_size), label
 
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(parse, num_parallel_calls=decode_threads(), deterministic=True)
     ds = ds.batch(_per_replica_batch(config, input_context))
-    return ds.prefetch(AUTOTUNE).with_options(_options(config_in_order))
+    return ds.prefetch(2).with_options(_options(config_in_order)).with_options(without_autotune())

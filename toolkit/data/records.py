@@ -133,7 +133,7 @@ def image_batches(
     """
     import tensorflow as tf
 
-    from toolkit.data import preprocess
+    from toolkit.data import pipeline, preprocess
 
     failures = []  # the generator stops at the first unusable record; raised once the batches before it are out
 
@@ -147,8 +147,8 @@ def image_batches(
     signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32))
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.map(lambda encoded, label: (preprocess.eval_image(encoded, image_size), encoded, label),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for images, encoded, labels in ds.batch(batch_size).prefetch(1).as_numpy_iterator():
+                num_parallel_calls=pipeline.decode_threads(), deterministic=True)
+    for images, encoded, labels in ds.batch(batch_size).prefetch(1).with_options(pipeline.without_autotune()).as_numpy_iterator():
         yield images, list(encoded), labels
     if failures:
         raise ValueError(failures[0])

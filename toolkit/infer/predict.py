@@ -47,6 +47,7 @@ from toolkit.infer.loaders import InferenceError, Model
 PROGRESS_BARS = {"auto": None, "on": False, "off": True}  # --progress -> tqdm's `disable` (None: when stderr is a terminal)
 MAX_FILE_BYTES = 1 << 30
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
+CHUNK = 16  # inputs the reading generator hands tf.data at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +197,7 @@ def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int 
     """
     import tensorflow as tf
 
-    from toolkit.data import preprocess
+    from toolkit.data import pipeline, preprocess
 
     if batch_size < 1:
         raise InferenceError(f"--batch_size: must be positive, got {batch_size}")
@@ -205,7 +206,8 @@ def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int 
     # thread; the loop below settles every index it has passed (CPython dict operations are atomic).
     pending, failed, state = {}, {}, {"count": 0, "error": None}
 
-    def generate():
+    def generate():  # CHUNK inputs per step: tf.data's call into Python costs more than reading a file
+        indices, blobs = [], []
         try:
             for index, (name, label, data) in enumerate(_read(inputs)):
                 reason = data if isinstance(data, str) else check_image(data, max_pixels)
@@ -213,21 +215,26 @@ def predict(model: Model, inputs: Inputs, batch_size: int = 32, max_pixels: int 
                     failed[index] = (name, label, reason)
                 else:
                     pending[index] = (name, label, data)
+                    indices.append(index)
+                    blobs.append(data)
                 state["count"] = index + 1
-                if not reason:
-                    yield index, data
+                if len(indices) == CHUNK:
+                    yield np.asarray(indices, np.int64), np.asarray(blobs, dtype=object)
+                    indices, blobs = [], []
         except Exception as e:  # noqa: BLE001 - ignore_errors below would swallow it: re-raised at the end
             state["error"] = e
+        if indices:
+            yield np.asarray(indices, np.int64), np.asarray(blobs, dtype=object)
 
-    signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string))
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    signature = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
 
     def view(index, encoded):  # the evaluation view of training, the one shared function
         return index, preprocess.eval_image(encoded, size)
 
-    ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(view, num_parallel_calls=pipeline.decode_threads(), deterministic=True)
     ds = ds.ignore_errors()  # an input TensorFlow cannot decode: dropped here, reported below
-    ds = ds.batch(batch_size).prefetch(2)
+    ds = ds.batch(batch_size).prefetch(2).with_options(pipeline.without_autotune())
 
     def unscored(start: int, stop: int) -> Iterator[Result]:
         for i in range(start, stop):
