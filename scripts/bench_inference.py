@@ -127,12 +127,13 @@ def serving_size(asked: int, weights: str, quick: bool = False) -> tuple:
 
 def build_export(workdir: str, photos: str, size: int, weights: str = "", log=print, depth: int = 50) -> str:
     """An export with model.onnx, model_int8.onnx and saved_model/ at `size` px, reused when one was
-    built before from the same weights and the same photos (folder_digest)."""
+    built before from the same weights, the same photos (folder_digest) and int8 calibration size."""
     import hashlib
 
     import keras
 
     from toolkit import layout
+    from toolkit.export import extras
     from toolkit.export import run as exporting
     from toolkit.config import Config, ExportConfig
     from toolkit.data import folder, shards
@@ -141,7 +142,7 @@ def build_export(workdir: str, photos: str, size: int, weights: str = "", log=pr
     if weights and not os.path.isfile(weights):
         raise SystemExit(f"benchmark: --inference_weights: no such file {weights}")
     tag = hashlib.sha256(open(weights, "rb").read()).hexdigest()[:12] if weights else "random"
-    base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}_photos-{folder_digest(photos)}")
+    base = os.path.join(workdir, f"resnet50v2_{size}px_{tag}_photos-{folder_digest(photos)}_calibration-{extras.CALIBRATION_IMAGES}")
     target = os.path.join(base, "export")
     if all(os.path.exists(os.path.join(target, f)) for f in (layout.ONNX_FILES["onnx_int8"], layout.ONNX_FILES["onnx_fp16"], layout.EXPORT_RECORD)):
         log(f"inference: reusing the export in {target}")

@@ -108,15 +108,16 @@ def test_the_photo_cache_key_follows_the_folder_and_its_contents(tmp_path):
     assert bi.folder_digest(str(a)) != key  # a photo replaced in place
 
 
-def test_a_built_export_is_reused_only_for_the_same_photos(tmp_path, monkeypatch):
+def test_a_built_export_is_reused_only_for_the_same_photos_and_calibration(tmp_path, monkeypatch):
     from toolkit import layout
     from toolkit.data import folder
+    from toolkit.export import extras
 
     bi = _bench_inference()
     a, b, work = tmp_path / "a", tmp_path / "b", tmp_path / "work"
     for photos in (a, b):
         ih.copy_into(str(photos / "train" / "ants"), ih.photos("ants", 1))
-    done = work / f"resnet50v2_32px_random_photos-{bi.folder_digest(str(a))}" / "export"
+    done = work / f"resnet50v2_32px_random_photos-{bi.folder_digest(str(a))}_calibration-{extras.CALIBRATION_IMAGES}" / "export"
     done.mkdir(parents=True)
     for name in (layout.ONNX_FILES["onnx_int8"], layout.ONNX_FILES["onnx_fp16"], layout.EXPORT_RECORD):
         (done / name).write_text("{}")
@@ -129,6 +130,9 @@ def test_a_built_export_is_reused_only_for_the_same_photos(tmp_path, monkeypatch
     monkeypatch.setattr(folder, "convert_folder", converting)
     with pytest.raises(RuntimeError, match=f"converting {b}"):  # other photos: converted afresh, not the cache of a
         bi.build_export(str(work), str(b), 32, log=logged.append)
+    monkeypatch.setattr(extras, "CALIBRATION_IMAGES", extras.CALIBRATION_IMAGES // 4)
+    with pytest.raises(RuntimeError, match=f"converting {a}"):  # int8 models calibrated otherwise: built afresh
+        bi.build_export(str(work), str(a), 32, log=logged.append)
 
 
 def test_a_model_is_served_at_the_size_it_was_trained_at(tmp_path, export_with_int8):

@@ -23,7 +23,7 @@ from toolkit.data import records
 from toolkit import layout
 from toolkit.common.errors import BadInput
 
-CALIBRATION_IMAGES = 64  # training images for int8 calibration (ONNX and TFLite alike)
+CALIBRATION_IMAGES = 256  # training images for int8 calibration, ONNX and TFLite alike (64 -> 256: BENCHMARKS.md)
 CALIBRATION_BATCH = 8
 
 
