@@ -185,7 +185,7 @@ def _deadline(seconds: int, message: str):
 
 def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distribute.Strategy, str]:
     """Build the strategy. auto: several TF_CONFIG workers -> multi_worker; GPUs or logical CPU
-    devices -> mirrored over all of them; else one_device on the CPU.
+    devices -> mirrored over all of them; else one_device (TensorFlow's default strategy on a CPU).
 
     multi_worker blocks until every worker in TF_CONFIG has started; after `cluster_timeout`
     seconds (0: never) the process ends with exit code 1 ("Timeout" and a stack dump on stderr).
@@ -226,8 +226,12 @@ def make_strategy(distribution: str, cluster_timeout: int = 0) -> tuple[tf.distr
         cross_device = None if gpus else tf.distribute.ReductionToOneDevice()
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device), distribution
     if distribution == "one_device":
-        device = gpus[0].name if gpus else cpus[0].name
-        return tf.distribute.OneDeviceStrategy(device), distribution
+        if gpus:
+            return tf.distribute.OneDeviceStrategy(gpus[0].name), distribution
+        # One CPU: TensorFlow's default strategy, which has the same API with one replica. Under
+        # OneDeviceStrategy the same step ran 1.10x slower with oneDNN on (bf16) and 1.40x slower
+        # with it off (fp32) on a 2-core Xeon (BENCHMARKS.md, "Measurements behind code choices").
+        return tf.distribute.get_strategy(), distribution
     raise BadInput(f"--distribution: unknown value {distribution!r}")
 
 
