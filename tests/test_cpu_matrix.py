@@ -5,7 +5,7 @@ its kernels and Eigen's (a zero-size batch through a oneDNN convolution comes ba
 tests/helpers/cpu_matrix.py runs every precision's train step, two replicas with an empty one, a
 bf16 run with export and parity gate, and batch inference, once per setting; the XLA-compiled steps
 and the device-loop equivalence, which do not depend on oneDNN, once, in the oneDNN-off process
-(the setting under which `--xla auto` picks XLA on a CPU).
+(the setting under which `--xla auto` picks XLA on an AVX2 CPU).
 """
 
 import functools

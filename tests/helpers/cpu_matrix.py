@@ -5,7 +5,7 @@ here runs on both kinds of CPU kernels whatever CPU the suite lands on. It print
 
 - `loop`: the train step for fp32, bf16 and fp16 on one device: losses of a few steps on a fixed
   batch, and the compute dtype of the stem. As a graph always; XLA-compiled (fp32 and bf16 at one
-  size, fp16 in the two-size run) only with oneDNN off, the setting under which `--xla auto` picks XLA on a CPU: XLA
+  size, fp16 in the two-size run) only with oneDNN off, the setting under which `--xla auto` picks XLA on an AVX2 CPU: XLA
   compiles its own kernels, and its losses came out bit-identical with oneDNN on and off (Zen 3,
   2026-12-02), so a second pass cost three minutes of CI and checked nothing new.
 - `empty_replica`: evaluation over two replicas of a set whose last batch leaves replica 1 with

@@ -126,7 +126,9 @@ def gpu_compute_capabilities() -> list:
 #   Xeon with AMX, oneDNN on: bf16 without XLA (16.59 img/s at 224 px with the fused BatchNorm; bf16+XLA 4.71; fp32 8.94)
 #   EPYC Zen 4 (AVX512_BF16), oneDNN on: bf16 without XLA (8.04 img/s at 224 px, 29.8 at 96;
 #       fp32 6.34; fp32+XLA 4.65 and 18.5; bf16+XLA 4.51)
-#   EPYC Zen 3 (AVX2), oneDNN off: fp32 with XLA (3.24 vs 1.94 img/s at 224 px)
+#   EPYC Zen 3 (AVX2), oneDNN off: fp32 with XLA (3.24 vs 1.94 img/s at 224 px, under OneDeviceStrategy,
+#       which slowed the step without XLA more: not measured again since)
+#   Xeon with AMX, oneDNN forced off: fp32 without XLA (5.53 vs 4.40 img/s at 224 px)
 # XLA's CPU code does not use oneDNN's kernels: with oneDNN on, XLA is the slower path.
 BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 
@@ -255,6 +257,9 @@ def xla_decision(mode: str, strategy: tf.distribute.Strategy, device_kind: str,
         return True, "auto: GPU"
     if machine.onednn_enabled():
         return False, "auto: oneDNN runs this CPU's kernels and XLA's CPU code does not use them (1.4-2x slower with XLA); --xla=on forces it"
+    if "avx512f" in machine.cpu_features():
+        return False, ("auto: oneDNN is off, and on AVX-512 TensorFlow's own kernels beat the XLA-compiled step "
+                       "(1.26x on a Xeon with oneDNN forced off); --xla=on forces it")
     return True, "auto: with oneDNN off, the XLA-compiled step beats TensorFlow's CPU kernels (1.67x on an AVX2 EPYC)"
 
 
