@@ -123,7 +123,8 @@ def gpu_compute_capabilities() -> list:
 
 
 # Which path trains fastest on a CPU, measured per CPU class (BENCHMARKS.md, ResNet50V2, batch 16):
-#   Xeon with AMX, oneDNN on: bf16 without XLA (16.59 img/s at 224 px with the fused BatchNorm; bf16+XLA 4.71; fp32 8.94)
+#   Xeon with AMX, oneDNN on: bf16 without XLA (18.46 img/s at 224 px with the fused BatchNorm and the default
+#       strategy; bf16+XLA 4.71; fp32 9.54)
 #   EPYC Zen 4 (AVX512_BF16), oneDNN on: bf16 without XLA (8.04 img/s at 224 px, 29.8 at 96;
 #       fp32 6.34; fp32+XLA 4.65 and 18.5; bf16+XLA 4.51)
 #   EPYC Zen 3 (AVX2), oneDNN off: fp32 with XLA (3.24 vs 1.94 img/s at 224 px, under OneDeviceStrategy,
