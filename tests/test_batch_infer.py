@@ -183,6 +183,29 @@ def test_failures_on_both_sides_of_the_readers_chunks_keep_every_result_in_place
 
 
 @pytest.mark.slow
+def test_an_object_storage_input_gone_after_listing_is_one_failed_row(model, good_photos):
+    """Inputs listed on object storage (ram://), one of them deleted before it is read: that one
+    becomes a failed row naming the reason, the others are scored as from local files."""
+    import tensorflow as tf
+
+    _, photos = good_photos
+    remote = [f"ram://gone-after-listing/{i}.jpg" for i in range(3)]
+    for path, photo in zip(remote, photos):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(open(photo, "rb").read())
+    inputs = inference.list_inputs(["ram://gone-after-listing/"])
+    assert list(inputs.files) == remote
+    tf.io.gfile.remove(remote[1])
+    loaded = runtimes.load_model(model.onnx, "onnx")
+    results = list(inference.predict(loaded, inputs, batch_size=2))
+    assert [r.input for r in results] == remote
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.startswith("unreadable file: ") and "\n" not in results[1].error, results[1].error
+    expected = ih.saved_model_probabilities(model.saved_model, [photos[0], photos[2]])
+    np.testing.assert_allclose(np.stack([results[0].probabilities, results[2].probabilities]), expected, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_nothing_scored_exits_6_but_still_writes_the_reasons(model, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -1,7 +1,7 @@
 """python -m toolkit.deploy ENGINE: a multi-worker training job for a cluster engine, filled in from flags.
 
   python -m toolkit.deploy ENGINE [--name NAME] [--image IMAGE] [--workers N] [--gpus_per_worker G]
-      --model_dir RUN --data_dir DATA [--output FILE] [-- TRAINER FLAGS...]
+      --model_dir RUN --data_dir DATA [--output FILE] [-- TRAINER_FLAG ...]
 
 ENGINE is one of
   jobset       a Kubernetes JobSet (needs the JobSet controller): pods NAME-workers-0-<i>.NAME

@@ -122,6 +122,8 @@ def list_inputs(specs: Sequence[str]) -> Inputs:
 def _read(inputs: Inputs) -> Iterator[tuple]:
     """(name, label, encoded bytes or the reason there are none) per image, in order."""
     if not inputs.tfrecord:
+        import tensorflow as tf  # object storage reports a file gone or unreadable with TensorFlow's errors
+
         labels = inputs.labels or (-1,) * len(inputs.files)
         for path, label in zip(inputs.files, labels):
             try:
@@ -130,9 +132,13 @@ def _read(inputs: Inputs) -> Iterator[tuple]:
                     yield path, label, f"file too large: {size / 2**20:.0f} MB (the cap is {MAX_FILE_BYTES / 2**20:.0f} MB)"
                     continue
                 with storage.open(path, "rb") as f:
-                    yield path, label, f.read()
+                    data = f.read()
             except OSError as e:
                 yield path, label, f"unreadable file: {e.strerror or e}"
+            except (tf.errors.OpError, storage.StorageError) as e:  # listed, then gone or unreadable on object storage
+                yield path, label, f"unreadable file: {op_message(e) if isinstance(e, tf.errors.OpError) else one_line(e)}"
+            else:
+                yield path, label, data
         return
     from toolkit.data import records, schema
 
