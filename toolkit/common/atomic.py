@@ -93,8 +93,7 @@ class AtomicFile:
         """Close and remove the temporary file; `path` keeps what it held before."""
         with contextlib.suppress(OSError):  # a full disk fails the close's flush: the file goes all the same
             self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.tmp)
+        storage.remove(self.tmp)
         if self._spool is not None:
             spool, self._spool = self._spool, None
             spool.__exit__(None, None, None)
@@ -134,27 +133,19 @@ def write_with(path: str, write: Callable[[str], T]) -> T:
     shards). Returns what `write` returns; if it raises, the temporary file is removed and `path`
     is untouched. On another filesystem `write` writes a local file, which is uploaded.
     """
-    if not storage.is_local(path):
-        with staging() as scratch:
-            tmp = os.path.join(scratch, os.path.basename(path.rstrip("/")))
-            try:
-                result = write(tmp)
-                upload(tmp, path)
-                return result
-            except Exception as e:
-                _raise_disk_full(e, path)
-                raise
-    tmp = temporary_path(path)
-    try:
-        result = write(tmp)
-        publish(tmp, path)
-        return result
-    except Exception as e:
-        _raise_disk_full(e, path)
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with contextlib.ExitStack() as cleanup:
+        if storage.is_local(path):  # beside the target, renamed over it
+            tmp, finish = temporary_path(path), publish
+            cleanup.callback(storage.remove, tmp)  # nothing once renamed
+        else:  # in local scratch, uploaded
+            tmp, finish = os.path.join(cleanup.enter_context(staging()), os.path.basename(path.rstrip("/"))), upload
+        try:
+            result = write(tmp)
+            finish(tmp, path)
+            return result
+        except Exception as e:
+            _raise_disk_full(e, path)
+            raise
 
 
 def publish(tmp: str, path: str) -> None:
