@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 import data_helpers as dh
+from toolkit.common import machine
 from toolkit.config import DataConfig
 from toolkit.data import augment, folder, pipeline, preprocess, schema, shards
 
@@ -310,13 +311,15 @@ def test_a_split_with_fewer_shards_than_workers_is_refused_in_one_line_naming_th
         pipeline.make_eval_dataset(config, info.split_files("val"), contexts()[1])
 
 
-def test_one_pass_pipelines_run_without_the_autotuner_and_with_explicit_parallelism(photos):
+def test_one_pass_pipelines_run_without_the_autotuner_and_with_explicit_parallelism(photos, monkeypatch):
     """Dropping an autotuned iterator waits for the autotuner's thread, which in TF 2.21 can sleep
     out its period first (seconds at the end of every evaluation): the eval pipeline has no autotuner,
-    and its decode threads (the usable cores) are given explicitly."""
+    and its decode threads (the usable cores, a container's quota included) are given explicitly."""
     _, data_dir = photos
     info = shards.read_dataset_info(str(data_dir))
     ds = pipeline.make_eval_dataset(DataConfig(data_dir=str(data_dir), image_size=32, batch_size=4), info.split_files("val"))
     assert ds.options().autotune.enabled is False
     assert ds.options().deterministic is True  # the eval options are kept beside it
-    assert pipeline.decode_threads() == len(os.sched_getaffinity(0))
+    assert pipeline.decode_threads() == min(len(os.sched_getaffinity(0)), machine.usable_cores())
+    monkeypatch.setattr(machine, "cpu_quota", lambda: 1.0)  # a container allowed one CPU decodes on one thread
+    assert pipeline.decode_threads() == 1

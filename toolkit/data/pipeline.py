@@ -12,11 +12,11 @@ partial last batch kept.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from toolkit.common import machine
 from toolkit.common.errors import BadInput
 from toolkit.config import DataConfig, parse_randaugment, parse_train_sizes
 from toolkit.data import augment, mixing, preprocess, schema
@@ -82,8 +82,9 @@ def _block_shuffle(records: tf.data.Dataset, block: int, seed) -> tf.data.Datase
 
 
 def decode_threads() -> int:
-    """Parallel decodes for a pipeline that runs without tf.data's autotuning: the usable cores."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Parallel decodes for a pipeline that runs without tf.data's autotuning: the usable cores
+    (the process's CPU affinity, capped by a container's CPU quota)."""
+    return machine.usable_cores()
 
 
 def without_autotune() -> tf.data.Options:
